@@ -1,0 +1,69 @@
+"""Small building blocks shared by the U-Net family.
+
+Each block has one job and takes its normalisation and activation as arguments
+(the timm convention), so a variant can swap BatchNorm for GroupNorm without a new class.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormFactory = Callable[[int], nn.Module]
+ActFactory = Callable[[], nn.Module]
+
+
+def default_norm(channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels)
+
+
+def default_act() -> nn.Module:
+    return nn.ReLU(inplace=True)
+
+
+class ConvNormAct(nn.Sequential):
+    """Convolution (no bias: the norm has one), normalisation, activation."""
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int = 3,
+        *,
+        groups: int = 1,
+        norm: NormFactory = default_norm,
+        act: ActFactory | None = default_act,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, groups=groups, bias=False),
+            norm(out_ch),
+        ]
+        if act is not None:
+            layers.append(act())
+        super().__init__(*layers)
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 ConvNormAct: the U-Net stage (Ronneberger et al., 2015)."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, norm: NormFactory = default_norm, act: ActFactory = default_act):
+        super().__init__(
+            ConvNormAct(in_ch, out_ch, 3, norm=norm, act=act),
+            ConvNormAct(out_ch, out_ch, 3, norm=norm, act=act),
+        )
+
+
+class UpBlock(nn.Module):
+    """U-Net decoder block: upsample x2 (bilinear), join the skip, two convolutions."""
+
+    def __init__(self, in_ch: int, skip_ch: int, out_ch: int, *, norm: NormFactory = default_norm,
+                 act: ActFactory = default_act) -> None:
+        super().__init__()
+        self.conv = DoubleConv(in_ch + skip_ch, out_ch, norm=norm, act=act)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))

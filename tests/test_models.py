@@ -1,0 +1,124 @@
+import pytest
+import torch
+
+from sgem.models import SGEM, UNet, create_model, list_models, pad_to_multiple
+from sgem.profiling import count_macs, count_params
+
+PAPER_PARAMS = 8.69e6
+PAPER_MACS = 15.92e9
+
+
+def test_registry_lists_paper_model_and_ablation():
+    assert {"sgem_unet", "unet"} <= set(list_models())
+
+
+def test_unknown_model_names_the_registered_ones():
+    with pytest.raises(KeyError, match="sgem_unet"):
+        create_model("no_such_model")
+
+
+def test_unknown_kwarg_names_the_model():
+    with pytest.raises(TypeError, match="sgem_unet"):
+        create_model("sgem_unet", no_such_argument=1)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_backward_every_parameter_gets_a_gradient(name):
+    model = create_model(name)
+    model.train()
+    x = torch.randn(2, model.in_channels, 64, 64)
+    y = model(x)
+    assert y.shape == (2, 1, 64, 64)
+    y.float().pow(2).mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"{name}: parameters without gradient: {missing}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"{name}: non-finite gradients in {bad}"
+    zero = [n for n, p in model.named_parameters() if p.grad.abs().sum() == 0]
+    assert not zero, f"{name}: all-zero gradients in {zero}"
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_non_square_input(name):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 48, 96)).shape == (1, 1, 48, 96)
+
+
+def test_sgem_unet_complexity_matches_paper():
+    model = create_model("sgem_unet")
+    params = count_params(model)
+    macs = count_macs(model, (1, 256, 256), functional=False)
+    assert abs(params / PAPER_PARAMS - 1) < 0.03, params
+    assert abs(macs / PAPER_MACS - 1) < 0.03, macs
+    # the full count sees the attention's matrix products, the module count does not
+    full = count_macs(model, (1, 256, 256), functional=True)
+    assert full > macs
+
+
+def test_ablation_differs_only_in_decoder_stage_2():
+    a, b = create_model("sgem_unet"), create_model("unet")
+    assert isinstance(a.dec2, SGEM) and not isinstance(b.dec2, SGEM)
+    for stage in ("enc1", "enc2", "enc3", "enc4", "enc5", "dec1", "dec3", "dec4", "head"):
+        assert count_params(getattr(a, stage)) == count_params(getattr(b, stage)), stage
+
+
+@pytest.mark.parametrize("h,w", [(250, 256), (256, 100), (30, 30)])
+def test_bad_size_says_what_would_work(h, w):
+    model = create_model("sgem_unet")
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model(torch.randn(1, 1, h, w))
+
+
+def test_wrong_channel_count_is_explained():
+    model = create_model("sgem_unet", in_channels=1)
+    with pytest.raises(ValueError, match="1 input channel"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_pad_to_multiple_round_trip():
+    x = torch.randn(1, 1, 250, 37)
+    padded, (h, w) = pad_to_multiple(x, 16)
+    assert padded.shape[-2:] == (256, 48)
+    assert torch.equal(padded[..., :h, :w], x)
+    model = create_model("unet").eval()
+    with torch.no_grad():
+        assert model(padded)[..., :h, :w].shape == (1, 1, 250, 37)
+
+
+def test_sgem_matrix_is_a_probability_distribution():
+    sgem = SGEM(enc_channels=16, dec_channels=32, out_channels=16, dim=32, heads=4)
+    e3, d1 = torch.randn(2, 16, 24, 20), torch.randn(2, 32, 12, 10)
+    m = sgem.attention_matrix(e3, d1)
+    assert m.shape == (2, 4, 8, 8)
+    assert (m >= 0).all() and (m <= 1).all()
+    torch.testing.assert_close(m.sum(-1), torch.ones(2, 4, 8))
+    assert sgem(e3, d1).shape == (2, 16, 24, 20)
+
+
+def test_sgem_uses_decoder_features():
+    """The SGEM output must depend on D1 (the deep features it is meant to transmit)."""
+    sgem = SGEM(16, 32, 16, dim=32, heads=4).eval()
+    e3 = torch.randn(1, 16, 16, 16)
+    with torch.no_grad():
+        a = sgem(e3, torch.randn(1, 32, 8, 8))
+        b = sgem(e3, torch.randn(1, 32, 8, 8))
+    assert not torch.allclose(a, b)
+
+
+def test_sgem_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        SGEM(16, 32, 16, dim=30, heads=4)
+
+
+def test_unet_rejects_bad_widths():
+    with pytest.raises(ValueError, match="5 encoder widths"):
+        UNet(widths=(8, 16, 32))
+
+
+def test_torch_export_matches_eager():
+    model = create_model("sgem_unet", widths=(8, 16, 32, 64, 128), sgem_dim=64).eval()
+    x = torch.randn(1, 1, 64, 64)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
