@@ -31,6 +31,107 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check_data(args: argparse.Namespace) -> int:
+    from .data import DEFAULT_MASK_SUFFIXES, validate_dataset
+
+    splits = (dict(s.split("=", 1) if "=" in s else (s, f"{s}.txt") for s in args.split)
+              if args.split else None)
+    report = validate_dataset(args.root, splits, mask_suffixes=args.mask_suffix or DEFAULT_MASK_SUFFIXES)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.summary())
+    return 0 if report.ok else 1
+
+
+def _cmd_make_synthetic(args: argparse.Namespace) -> int:
+    from .synthetic import make_synthetic
+
+    summary = make_synthetic(args.out, n=args.n, size=args.size, seed=args.seed,
+                             train_fraction=args.train_fraction)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    cfg: dict = {}
+    if args.params:
+        cfg.update(_load_params(args.params, args.params_key))
+    for name, value in vars(args).items():
+        if name.startswith("cfg_") and value is not None:
+            cfg[name[4:]] = value
+    if args.model_kwargs is not None:
+        cfg["model_kwargs"] = json.loads(args.model_kwargs)
+    summary = train(TrainConfig.from_dict(cfg), stop_after_epochs=args.stop_after_epochs)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _load_params(path: str, key: str | None) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    for part in (key.split(".") if key else []):
+        if not isinstance(data, dict) or part not in data:
+            raise ValueError(f"{path}: key '{key}' not found")
+        data = data[part]
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: '{key}' is not a mapping of training settings")
+    return data
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_checkpoint, evaluate_pred_dir
+
+    if bool(args.checkpoint) == bool(args.pred_dir):
+        raise ValueError("give exactly one of --checkpoint CKPT or --pred-dir DIR")
+    kwargs = dict(split=args.split, split_file=args.split_file, out=args.out, curves=not args.no_curves,
+                  threshold=args.threshold)
+    if args.checkpoint:
+        result = evaluate_checkpoint(args.checkpoint, args.data, device=args.device, save_pred=args.save_pred,
+                                     **kwargs)
+    else:
+        result = evaluate_pred_dir(args.pred_dir, args.data, **kwargs)
+    keys = ("iou", "niou", "precision", "recall", "f1", "pd", "fa", "fa_legacy")
+    print(json.dumps({k: result[k] for k in keys} | {"images": result["counts"]["images"]}, indent=2))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .evaluate import predict_paths
+
+    written = predict_paths(args.checkpoint, args.paths, args.out, device=args.device, threshold=args.threshold)
+    print(f"wrote masks, probability maps and overlays for {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    import dataclasses
+
+    from .train import TrainConfig
+
+    p.add_argument("--params", help="YAML file with training settings (see params.yaml)")
+    p.add_argument("--params-key", default=None, help="dotted key of the settings inside --params (e.g. train)")
+    p.add_argument("--model-kwargs", default=None, help="JSON object of model constructor arguments")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="return after N epochs of this call (checkpointed); rerun to continue")
+    aliases = {"data_root": ["--data"], "out_dir": ["--out"]}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "model_kwargs":
+            continue
+        flags = [f"--{f.name.replace('_', '-')}"] + aliases.get(f.name, [])
+        default = f.default
+        if isinstance(default, bool):
+            p.add_argument(*flags, dest=f"cfg_{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=f"(default {default})")
+        else:
+            typ = int if isinstance(default, int) else float if isinstance(default, float) else str
+            p.add_argument(*flags, dest=f"cfg_{f.name}", type=typ, default=None, help=f"(default {default!r})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sgem", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -53,6 +154,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--out", default=None, help="also write the JSON result to this file (atomically)")
     p.set_defaults(func=_cmd_profile)
+
+    p = sub.add_parser("check-data", help="validate a dataset and summarise it",
+                       description="Check ROOT/images, ROOT/masks and the split lists; print a summary "
+                                   "or every problem (exit 1).")
+    p.add_argument("root")
+    p.add_argument("--split", action="append", default=None,
+                   help="NAME or NAME=FILE (repeatable; default: train=train.txt and test=test.txt)")
+    p.add_argument("--mask-suffix", action="append", default=None,
+                   help="mask file suffix to try after the stem (repeatable; default '', _pixels0, _mask)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_check_data)
+
+    p = sub.add_parser("make-synthetic", help="write a NUDT-like synthetic dataset")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-fraction", type=float, default=0.5)
+    p.set_defaults(func=_cmd_make_synthetic)
+
+    p = sub.add_parser("train", help="train or resume a model (resumes from OUT/checkpoint.pt)")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="score a checkpoint, or saved predictions of any method")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--pred-dir", default=None, help="PNG maps named by stem (8-bit /255, 16-bit /65535)")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--split", default="test")
+    p.add_argument("--split-file", default=None)
+    p.add_argument("--out", default=None, help="write all metrics and curves as JSON")
+    p.add_argument("--save-pred", default=None, help="write 16-bit probability maps here")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--no-curves", action="store_true")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="masks, probability maps and overlays for images or folders")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -63,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = " ".join(["sgem", *argv])
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError) as exc:
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError, FloatingPointError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"sgem {args.command}: error: {msg}", file=sys.stderr)
         return 2

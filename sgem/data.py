@@ -1,0 +1,304 @@
+"""IRSTD datasets in the field's layout, read defensively and validated before training.
+
+Layout (NUDT-SIRST, SIRST, IRSTD-1k as distributed)::
+
+    ROOT/images/<stem>.png      any PIL-readable image: L, RGB, RGBA, P, I;16; any size
+    ROOT/masks/<stem><suffix>.png   suffix "" or e.g. "_pixels0" (SIRST)
+    ROOT/train.txt, ROOT/test.txt   one stem per line (LF or CRLF); other names by parameter
+
+What public copies contain, and what happens to it:
+
+* CRLF split lists, a UTF-8 BOM, trailing blanks, blank lines, a file extension on a
+  stem: accepted and normalised.
+* Colour images are converted to one grey channel (ITU-R 601 luma, PIL's ``L``); NUDT's
+  RGB PNGs have equal channels, so nothing is lost. Palette images go through RGB(A);
+  16-bit images are scaled to [0, 1] by 65535.
+* Masks: a pixel is target if its grey value is > 127 (or > 0 for masks stored as
+  {0, 1}). Masks with values other than {0, 255} / {0, 1} are thresholded and counted
+  in a warning, never silently.
+
+Validation (:func:`validate_dataset`) reports every problem at once, each naming the
+file and what was expected: missing image or mask, unreadable file, image/mask size
+mismatch, duplicate stems, empty split, overlapping splits.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+DEFAULT_MASK_SUFFIXES = ("", "_pixels0", "_mask")
+
+
+class DatasetError(ValueError):
+    """The dataset cannot be used; ``problems`` lists every reason found."""
+
+    def __init__(self, root: Path, problems: Sequence[str]) -> None:
+        self.root = Path(root)
+        self.problems = list(problems)
+        shown = "\n  ".join(self.problems[:20])
+        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
+        super().__init__(f"dataset {self.root} has {len(self.problems)} problem(s):\n  {shown}{more}")
+
+
+def read_split(path: str | Path) -> list[str]:
+    """Stems listed in a split file (CRLF, BOM, blanks and extensions tolerated)."""
+    path = Path(path)
+    text = path.read_bytes().decode("utf-8-sig")
+    stems = []
+    for line in text.splitlines():
+        stem = line.strip()
+        if not stem or stem.startswith("#"):
+            continue
+        if Path(stem).suffix.lower() in IMAGE_EXTS:
+            stem = Path(stem).stem
+        stems.append(stem)
+    return stems
+
+
+def find_image(directory: Path, stem: str, suffixes: Iterable[str] = ("",)) -> Path | None:
+    for suffix in suffixes:
+        for ext in IMAGE_EXTS:
+            for e in (ext, ext.upper()):
+                p = directory / f"{stem}{suffix}{e}"
+                if p.is_file():
+                    return p
+    return None
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """A grey image as float32 (H, W) in [0, 1]."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32)
+            return np.clip(arr / 65535.0, 0.0, 1.0)
+        if im.mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        if im.mode in ("RGBA", "LA"):
+            im = im.convert(im.mode[:-1])
+        if im.mode != "L":
+            im = im.convert("L")
+        return np.asarray(im, dtype=np.float32) / 255.0
+
+
+def load_mask_raw(path: str | Path) -> np.ndarray:
+    """The mask's grey values (uint8 or uint16), before thresholding."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode == "P":
+            im = im.convert("L")
+        elif im.mode in ("RGB", "RGBA", "LA"):
+            im = im.convert("L")
+        elif im.mode == "1":
+            return np.asarray(im, dtype=np.uint8)
+        return np.asarray(im)
+
+
+def binarize_mask(raw: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Threshold a raw mask; return (mask, was_strictly_binary)."""
+    values = np.unique(raw)
+    if values.size and values.max() <= 1:
+        return raw > 0, bool(np.isin(values, (0, 1)).all())
+    return raw > 127, bool(np.isin(values, (0, 255)).all())
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    return binarize_mask(load_mask_raw(path))[0]
+
+
+@dataclass
+class Sample:
+    stem: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class DatasetReport:
+    """What :func:`validate_dataset` found."""
+
+    root: Path
+    splits: dict[str, list[Sample]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    image_sizes: dict[str, int] = field(default_factory=dict)
+    image_modes: dict[str, int] = field(default_factory=dict)
+    target_pixels: list[int] = field(default_factory=list)
+    targets_per_image: list[int] = field(default_factory=list)
+    empty_masks: int = 0
+    non_binary_masks: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def raise_if_bad(self) -> None:
+        if self.problems:
+            raise DatasetError(self.root, self.problems)
+
+    def summary(self) -> str:
+        lines = [f"dataset {self.root}"]
+        for name, samples in self.splits.items():
+            lines.append(f"  {name}: {len(samples)} images")
+        lines.append("  image sizes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.image_sizes.items())))
+        lines.append("  image modes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.image_modes.items())))
+        if self.target_pixels:
+            t = np.asarray(self.target_pixels)
+            lines.append(f"  target pixels per image: min {t.min()}, median {int(np.median(t))}, "
+                         f"max {t.max()} (empty masks: {self.empty_masks})")
+        if self.targets_per_image:
+            c = np.bincount(self.targets_per_image)
+            lines.append("  targets per image: " + ", ".join(f"{k}: {v}" for k, v in enumerate(c) if v))
+        for w in self.warnings:
+            lines.append(f"  warning: {w}")
+        lines.append(f"  problems: {len(self.problems)}" if self.problems else "  no problems found")
+        lines.extend(f"    {p}" for p in self.problems)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        t = np.asarray(self.target_pixels) if self.target_pixels else np.zeros(0)
+        return {
+            "root": str(self.root), "splits": {k: len(v) for k, v in self.splits.items()},
+            "image_sizes": self.image_sizes, "image_modes": self.image_modes,
+            "target_pixels": ({"min": int(t.min()), "median": float(np.median(t)), "max": int(t.max())}
+                              if t.size else None),
+            "empty_masks": self.empty_masks, "non_binary_masks": self.non_binary_masks,
+            "warnings": self.warnings, "problems": self.problems,
+        }
+
+
+def validate_dataset(
+    root: str | Path,
+    splits: dict[str, str] | None = None,
+    *,
+    images_dir: str = "images",
+    masks_dir: str = "masks",
+    mask_suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES,
+    check_contents: bool = True,
+) -> DatasetReport:
+    """Check a dataset before any training. ``splits`` maps split name -> list file
+    (default ``{"train": "train.txt", "test": "test.txt"}``)."""
+    from .metrics import connected_components
+
+    root = Path(root)
+    splits = splits or {"train": "train.txt", "test": "test.txt"}
+    report = DatasetReport(root)
+    if not root.is_dir():
+        report.problems.append(f"{root}: dataset folder not found")
+        return report
+    img_dir, msk_dir = root / images_dir, root / masks_dir
+    for d, what in ((img_dir, "images"), (msk_dir, "masks")):
+        if not d.is_dir():
+            report.problems.append(f"{d}: {what} folder not found (expected ROOT/{d.name}/)")
+    if report.problems:
+        return report
+
+    seen: dict[str, str] = {}
+    for name, list_file in splits.items():
+        path = root / list_file
+        if not path.is_file():
+            report.problems.append(f"{path}: split list for '{name}' not found")
+            continue
+        stems = read_split(path)
+        if not stems:
+            report.problems.append(f"{path}: split '{name}' is empty (expected one stem per line)")
+        counts: dict[str, int] = {}
+        for s in stems:
+            counts[s] = counts.get(s, 0) + 1
+        for s, n in counts.items():
+            if n > 1:
+                report.problems.append(f"{path}: stem '{s}' listed {n} times")
+        samples = []
+        for stem in dict.fromkeys(stems):
+            if stem in seen:
+                report.problems.append(f"{path}: stem '{stem}' is also in split '{seen[stem]}' "
+                                       f"(splits must not overlap)")
+                continue
+            seen[stem] = name
+            img = find_image(img_dir, stem)
+            msk = find_image(msk_dir, stem, mask_suffixes)
+            if img is None:
+                report.problems.append(f"{img_dir}/{stem}.*: image for stem '{stem}' (split '{name}') not found")
+            if msk is None:
+                tried = ", ".join(f"'{stem}{s}.png'" for s in mask_suffixes)
+                report.problems.append(f"{msk_dir}: mask for stem '{stem}' (split '{name}') not found "
+                                       f"(tried {tried} and other image extensions)")
+            if img is not None and msk is not None:
+                samples.append(Sample(stem, img, msk))
+        report.splits[name] = samples
+
+    if check_contents:
+        non_binary: list[str] = []
+        for samples in report.splits.values():
+            for s in samples:
+                try:
+                    with Image.open(s.image) as im:
+                        img_size, mode = im.size, im.mode
+                        im.verify()
+                except Exception as exc:  # PIL raises many types for broken files
+                    report.problems.append(f"{s.image}: cannot read image ({exc})")
+                    continue
+                try:
+                    raw = load_mask_raw(s.mask)
+                except Exception as exc:
+                    report.problems.append(f"{s.mask}: cannot read mask ({exc})")
+                    continue
+                if raw.shape[::-1] != img_size:
+                    report.problems.append(
+                        f"{s.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {s.image.name} is "
+                        f"{img_size[0]}x{img_size[1]} (width x height; they must agree)")
+                    continue
+                mask, strict = binarize_mask(raw)
+                if not strict:
+                    non_binary.append(s.mask.name)
+                key = f"{img_size[0]}x{img_size[1]}"
+                report.image_sizes[key] = report.image_sizes.get(key, 0) + 1
+                report.image_modes[mode] = report.image_modes.get(mode, 0) + 1
+                n = int(mask.sum())
+                report.target_pixels.append(n)
+                report.empty_masks += n == 0
+                report.targets_per_image.append(len(connected_components(mask).areas))
+        report.non_binary_masks = len(non_binary)
+        if non_binary:
+            report.warnings.append(
+                f"{len(non_binary)} mask(s) are not strictly binary and were thresholded at > 127 "
+                f"(e.g. {', '.join(non_binary[:3])})")
+    return report
+
+
+def load_split(root: str | Path, split: str, *, split_file: str | None = None,
+               mask_suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """Validate one split and load it: (stems, images float32 [0,1], masks bool)."""
+    report = validate_dataset(root, {split: split_file or f"{split}.txt"}, mask_suffixes=mask_suffixes)
+    report.raise_if_bad()
+    for w in report.warnings:
+        warnings.warn(f"{root}: {w}", stacklevel=2)
+    samples = report.splits[split]
+    return ([s.stem for s in samples], [load_image(s.image) for s in samples],
+            [load_mask(s.mask) for s in samples])
+
+
+def image_stats(images: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Mean and standard deviation over all pixels of a list of images (float64 sums)."""
+    n = sum(im.size for im in images)
+    if n == 0:
+        raise ValueError("cannot compute statistics of an empty image list")
+    mean = sum(float(im.sum(dtype=np.float64)) for im in images) / n
+    var = sum(float(((im.astype(np.float64) - mean) ** 2).sum()) for im in images) / n
+    return mean, max(var, 1e-12) ** 0.5
+
+
+def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], device: torch.device | str = "cpu"
+               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Images as (1, H, W) float32 and masks as (1, H, W) uint8 tensors on ``device``."""
+    imgs = [torch.from_numpy(np.ascontiguousarray(im)).unsqueeze(0).to(device) for im in images]
+    msks = [torch.from_numpy(np.ascontiguousarray(m.astype(np.uint8))).unsqueeze(0).to(device) for m in masks]
+    return imgs, msks
