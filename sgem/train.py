@@ -1,0 +1,539 @@
+"""Training engine: the paper's protocol by default, resumable, deterministic on request.
+
+Protocol (sec. 4.2): 1500 epochs, batch 8, learning rate 1e-4, random 256x256 crops,
+SoftIoU loss. The paper does not name the optimizer, the schedule or the augmentation;
+the defaults follow DNANet's training script, which the paper builds on (same dataset,
+same split, same 1500 epochs): Adam, cosine annealing from ``lr`` to ``min_lr`` = 1e-5
+over the run, and random flips/transposes. Each is a named parameter.
+
+Data path: the whole split is decoded once and kept as tensors on the training device;
+crops, flips and normalisation are done there, so a fast GPU is not starved by a few CPU
+cores decoding PNGs. Random numbers for sampling and augmentation come from a CPU
+generator seeded by ``(seed, epoch)``: an epoch's batches do not depend on what ran
+before, which is what makes resume exact.
+
+Resume: ``checkpoint.pt`` in ``out_dir`` holds model, optimizer, scheduler, completed
+epochs, RNG states, history, best metric and the resolved config; it is written
+atomically (temp file, fsync, rename) every ``checkpoint_every`` epochs and at the end.
+A rerun with the same config resumes from it; a run killed at any moment (SIGKILL
+included) loses at most the epochs since the last checkpoint, and in deterministic mode
+ends with bit-identical weights. DVCLive's history is rebuilt from the checkpoint's
+history on resume, so it has each epoch exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .data import image_stats, load_split, to_tensors
+from .io import atomic_write, atomic_write_json
+from .losses import SoftIoULoss
+from .models import create_model
+
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "sgem-checkpoint-v1"
+# keys that may differ between the run that wrote a checkpoint and the run resuming it
+RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "eval_every", "progress",
+                         "dvclive", "num_threads"}
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run. Defaults are the paper's protocol."""
+
+    data_root: str = ""
+    out_dir: str = "runs/sgem_unet"
+    model: str = "sgem_unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    train_split: str = "train"
+    train_split_file: str | None = None
+    eval_split: str = "test"
+    eval_split_file: str | None = None
+    epochs: int = 1500
+    batch_size: int = 8
+    lr: float = 1e-4
+    optimizer: str = "adam"          # adam | adamw | sgd | adagrad
+    weight_decay: float = 0.0
+    momentum: float = 0.9            # sgd only
+    scheduler: str = "cosine"        # cosine | constant | step
+    min_lr: float = 1e-5             # cosine: final learning rate
+    step_epochs: int = 0             # step: decay every N epochs (0: epochs // 3)
+    step_gamma: float = 0.1
+    crop_size: int = 256
+    augment: str = "flip"            # flip (h/v flips and transpose) | none
+    loss_smooth: float = 1.0
+    loss_reduction: str = "batch"    # batch | sample
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"             # auto | cpu | cuda[:N]
+    precision: str = "fp32"          # fp32 | bf16 (autocast)
+    channels_last: bool = False
+    compile: bool = False
+    checkpoint_every: int = 10
+    eval_every: int = 0              # evaluate on eval_split every N epochs (0: only at the end)
+    progress: bool = True
+    dvclive: bool = True
+    num_threads: int = 0             # CPU threads for torch (0: torch's default)
+
+    def validate(self) -> None:
+        def bad(key: str, expected: str) -> None:
+            raise ValueError(f"train config: {key}={getattr(self, key)!r}; expected {expected}")
+
+        if not self.data_root:
+            bad("data_root", "the dataset folder (images/, masks/, split lists)")
+        for key in ("epochs", "batch_size", "crop_size", "checkpoint_every"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                bad(key, "an integer >= 1")
+        if self.crop_size % 16:
+            bad("crop_size", "a multiple of 16 (the U-Net pools 4 times)")
+        if not self.lr > 0:
+            bad("lr", "a positive number")
+        if self.optimizer not in ("adam", "adamw", "sgd", "adagrad"):
+            bad("optimizer", "one of adam, adamw, sgd, adagrad")
+        if self.scheduler not in ("cosine", "constant", "step"):
+            bad("scheduler", "one of cosine, constant, step")
+        if self.augment not in ("flip", "none"):
+            bad("augment", "'flip' or 'none'")
+        if self.loss_reduction not in ("batch", "sample"):
+            bad("loss_reduction", "'batch' or 'sample'")
+        if self.precision not in ("fp32", "bf16"):
+            bad("precision", "'fp32' or 'bf16'")
+        if self.eval_every < 0:
+            bad("eval_every", "an integer >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"train config: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The CPU generator that draws epoch ``epoch``'s order, crops and flips."""
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.min_lr)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs or max(1, cfg.epochs // 3),
+                                               gamma=cfg.step_gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+class DeviceData:
+    """A split resident on the device: images (1,H,W) float32 in [0,1], masks uint8."""
+
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], device: torch.device) -> None:
+        self.images, self.masks = to_tensors(images, masks, device)
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, idx: list[int], crop: int, gen: torch.Generator, augment: str, pad_value: float
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crops (padded with ``pad_value`` where an image is smaller) and flips."""
+        r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).tolist()
+        xs, ys = [], []
+        for i, (ry, rx, f1, f2, f3) in zip(idx, r):
+            img, msk = self.images[i], self.masks[i]
+            h, w = img.shape[-2:]
+            if h < crop or w < crop:
+                ph, pw = max(0, crop - h), max(0, crop - w)
+                img = torch.nn.functional.pad(img, (0, pw, 0, ph), value=pad_value)
+                msk = torch.nn.functional.pad(msk, (0, pw, 0, ph), value=0)
+                h, w = img.shape[-2:]
+            oy, ox = ry % (h - crop + 1), rx % (w - crop + 1)
+            img, msk = img[:, oy:oy + crop, ox:ox + crop], msk[:, oy:oy + crop, ox:ox + crop]
+            if augment == "flip":
+                if f1 % 2:
+                    img, msk = img.flip(-1), msk.flip(-1)
+                if f2 % 2:
+                    img, msk = img.flip(-2), msk.flip(-2)
+                if f3 % 2:
+                    img, msk = img.transpose(-1, -2), msk.transpose(-1, -2)
+            xs.append(img)
+            ys.append(msk)
+        return torch.stack(xs), torch.stack(ys).float()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True`` and check that it is one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot load checkpoint ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not an sgem checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x: Any) -> Any:
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def model_from_checkpoint(state_or_path: dict[str, Any] | str | Path, device: str | torch.device = "cpu"
+                          ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained model (eval mode) and return it with the checkpoint."""
+    state = state_or_path if isinstance(state_or_path, dict) else load_checkpoint(state_or_path)
+    cfg = state["config"]
+    model = create_model(cfg["model"], **cfg.get("model_kwargs", {}))
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
+    model.load_state_dict(weights)
+    return model.to(device).eval(), state
+
+
+# ----------------------------------------------------------------------------- logging
+
+class _Logger:
+    """DVCLive when installed and enabled; always ``history.json`` in ``out_dir``."""
+
+    def __init__(self, out_dir: Path, enabled: bool, history: list[dict[str, Any]], is_main: bool) -> None:
+        self.out_dir = out_dir
+        self.live = None
+        self.is_main = is_main
+        if not (enabled and is_main):
+            return
+        try:
+            from dvclive import Live
+        except ImportError:
+            return
+        import shutil
+
+        live_dir = out_dir / "dvclive"
+        # rebuild from the checkpoint's history: each epoch exactly once, even after a
+        # kill between logging an epoch and checkpointing it
+        shutil.rmtree(live_dir, ignore_errors=True)
+        self.live = _open_live(Live, live_dir)
+        for row in history:
+            self._log(row)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        assert self.live is not None
+        self.live.step = int(row["epoch"]) - 1
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.live.log_metric(key, value)
+        self.live.next_step()
+
+    def log(self, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        if not self.is_main:
+            return
+        if self.live is not None:
+            self._log(row)
+        atomic_write_json(self.out_dir / "history.json", history)
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def _inside_dvc_project() -> bool:
+    if os.environ.get("DVC_ROOT"):  # running as a `dvc repro` / `dvc exp run` stage
+        return True
+    cwd = Path.cwd().resolve()
+    return any((p / ".dvc").is_dir() for p in (cwd, *cwd.parents))
+
+
+def _open_live(live_cls: Any, live_dir: Path) -> Any:
+    """A DVCLive logger that never runs ``dvc init`` on its own.
+
+    DVCLive (3.x) initialises a DVC repository in whatever git repository the working
+    directory is in when it finds none. Inside a DVC project (this repository's
+    pipeline) it is used as is; elsewhere it writes its files without touching the
+    user's repository.
+    """
+    if _inside_dvc_project():
+        return live_cls(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    import dvclive.live as live_module
+
+    original = live_module.get_dvc_repo
+    live_module.get_dvc_repo = lambda: None
+    try:
+        return live_cls(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, report=None)
+    finally:
+        live_module.get_dvc_repo = original
+
+
+# ----------------------------------------------------------------------------- training
+
+def _dist_info() -> tuple[int, int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    return 0, 1, 0
+
+
+def _maybe_init_distributed(device: torch.device) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        return True
+    return False
+
+
+def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = None,
+          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; return the final summary.
+
+    ``stop_after_epochs`` ends this call after that many epochs of *this* call (for
+    chunked runs under a time limit); the checkpoint is written before returning.
+    """
+    from .evaluate import evaluate_model
+
+    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    started_dist = _maybe_init_distributed(device)
+    rank, world, local_rank = _dist_info()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    is_main = rank == 0
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    out_dir = Path(cfg.out_dir)
+    ckpt_path = out_dir / CHECKPOINT_NAME
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        set_determinism(cfg.seed, cfg.deterministic)
+        if is_main and out_dir.is_dir():  # temp files of a write killed half-way
+            for stale in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+                stale.unlink(missing_ok=True)
+
+        stems, images, masks = load_split(cfg.data_root, cfg.train_split, split_file=cfg.train_split_file)
+        mean, std = image_stats(images)
+        data = DeviceData(images, masks, device)
+        del images, masks
+
+        model = create_model(cfg.model, **cfg.model_kwargs)
+        opt = build_optimizer(cfg, model.parameters())
+        sched = build_scheduler(cfg, opt)
+        start_epoch, history, best = 0, [], {"metric": "iou", "split": cfg.eval_split, "value": None,
+                                             "epoch": None}
+
+        if ckpt_path.is_file():
+            state = load_checkpoint(ckpt_path)
+            _check_resumable(ckpt_path, state["config"], cfg)
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
+            _restore_rng(state["rng"])
+            mean, std = state["normalization"]["mean"], state["normalization"]["std"]
+
+        model.to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        # the optimizer's state follows the parameters to the device
+        for st in opt.state.values():
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    st[k] = v.to(device)
+        net: nn.Module = model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                      else None)
+        step_fn = torch.compile(net) if cfg.compile else net
+        criterion = SoftIoULoss(smooth=cfg.loss_smooth, reduction=cfg.loss_reduction)
+        autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        norm_mean = torch.tensor(mean, device=device)
+        norm_std = torch.tensor(std, device=device)
+
+        logger = _Logger(out_dir, cfg.dvclive, history, is_main)
+        per_rank = len(data) // world
+        if per_rank < 1:
+            raise ValueError(f"{cfg.data_root}: split '{cfg.train_split}' has {len(data)} images, "
+                             f"fewer than the {world} training processes")
+        bsz = min(cfg.batch_size, per_rank)
+        steps = per_rank // bsz
+
+        def make_state(epoch: int) -> dict[str, Any]:
+            return {
+                "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": cfg.to_dict(),
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": _rng_state(), "history": history, "best": best,
+                "normalization": {"mean": float(mean), "std": float(std)},
+                "versions": {"torch": str(torch.__version__), "sgem": _sgem_version()},
+                "train_stems": len(stems),
+            }
+
+        progress = None
+        if cfg.progress and is_main:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.model}", unit="epoch")
+
+        epochs_this_call = 0
+        epoch = start_epoch
+        while epoch < cfg.epochs:
+            t0 = time.perf_counter()
+            net.train()
+            gen = epoch_generator(cfg.seed, epoch)
+            perm = torch.randperm(len(data), generator=gen)[: per_rank * world]
+            mine = perm[rank::world].tolist()
+            loss_sum = torch.zeros((), device=device)
+            for s in range(steps):
+                idx = mine[s * bsz:(s + 1) * bsz]
+                x, y = data.batch(idx, cfg.crop_size, gen, cfg.augment, pad_value=mean)
+                x = (x - norm_mean) / norm_std
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    logits = step_fn(x)
+                loss = criterion(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                loss_sum += loss.detach()
+            lr = opt.param_groups[0]["lr"]
+            sched.step()
+            if world > 1:
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
+            train_loss = float(loss_sum) / steps  # one host sync per epoch
+            if not math.isfinite(train_loss):
+                raise FloatingPointError(
+                    f"training loss is {train_loss} at epoch {epoch + 1}; stopped. The last good checkpoint "
+                    f"({ckpt_path}, epoch {start_epoch if not history else history[-1]['epoch']}) is kept. "
+                    f"Lower lr, or use precision='fp32'.")
+            epoch += 1
+            epochs_this_call += 1
+            elapsed = time.perf_counter() - t0
+            row: dict[str, Any] = {"epoch": epoch, "train/loss": train_loss, "train/lr": lr,
+                                   "train/seconds": elapsed, "train/images_per_s": steps * bsz * world / elapsed}
+            final = epoch == cfg.epochs
+            if is_main and ((cfg.eval_every and epoch % cfg.eval_every == 0) or final):
+                ev = evaluate_model(model, cfg.data_root, cfg.eval_split, split_file=cfg.eval_split_file,
+                                    mean=mean, std=std, device=device, curves=False)
+                for k in ("iou", "niou", "f1", "precision", "recall", "pd", "fa"):
+                    row[f"{cfg.eval_split}/{k}"] = ev[k]
+                if ev["iou"] == ev["iou"] and (best["value"] is None or ev["iou"] > best["value"]):
+                    best = {"metric": "iou", "split": cfg.eval_split, "value": ev["iou"], "epoch": epoch}
+            history.append(row)
+            stop_now = stop_after_epochs is not None and epochs_this_call >= stop_after_epochs
+            if is_main and (epoch % cfg.checkpoint_every == 0 or final or stop_now):
+                save_checkpoint(ckpt_path, make_state(epoch))
+            if world > 1:
+                dist.barrier()
+            logger.log(row, history)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{train_loss:.4f}")
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
+            if stop_now:
+                break
+        if progress is not None:
+            progress.close()
+        logger.close()
+        summary = {"epochs_done": epoch, "epochs": cfg.epochs, "complete": epoch >= cfg.epochs,
+                   "checkpoint": str(ckpt_path), "last": history[-1] if history else None, "best": best}
+        if is_main:
+            atomic_write_json(out_dir / "train_summary.json", summary)
+        return summary
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        if started_dist:
+            dist.destroy_process_group()
+
+
+def _check_resumable(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
+    now = cfg.to_dict()
+    diffs = [k for k in sorted(set(saved) | set(now))
+             if k not in RESUMABLE_DIFFERENCES and _norm(saved.get(k)) != _norm(now.get(k))]
+    if diffs:
+        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diffs)
+        raise ValueError(f"{path}: cannot resume, the run's settings differ ({detail}). "
+                         f"Use another out_dir, or delete the checkpoint to start over.")
+
+
+def _norm(v: Any) -> Any:
+    return json.loads(json.dumps(v)) if isinstance(v, (dict, list, tuple)) else v
+
+
+def _sgem_version() -> str:
+    from . import __version__
+    return __version__

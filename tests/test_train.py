@@ -1,0 +1,224 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sgem.cli import main
+from sgem.evaluate import evaluate_checkpoint, evaluate_pred_dir, load_prediction
+from sgem.metrics import IRSTDMetrics
+from sgem.data import load_split
+from sgem.synthetic import make_synthetic
+from sgem.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
+
+TINY_MODEL = {"widths": [4, 8, 16, 32, 64], "sgem_dim": 16}
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("syn")
+    make_synthetic(root, n=16, size=64, seed=5)
+    return root
+
+
+def tiny_cfg(data, out, **kw):
+    base = dict(data_root=str(data), out_dir=str(out), model_kwargs=dict(TINY_MODEL), epochs=4, batch_size=4,
+                crop_size=32, lr=3e-3, checkpoint_every=1, progress=False, deterministic=True, seed=1,
+                num_threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_lowers_the_loss(tiny_data, tmp_path):
+    summary = train(tiny_cfg(tiny_data, tmp_path, epochs=12, checkpoint_every=12, crop_size=64, lr=1e-2))
+    hist = json.loads((tmp_path / "history.json").read_text())
+    losses = [r["train/loss"] for r in hist]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < losses[0] - 0.1, losses
+    assert summary["complete"] and "test/iou" in hist[-1]
+
+
+def test_resume_after_stop_equals_straight_run(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path / "straight"))
+    train(tiny_cfg(tiny_data, tmp_path / "chunked"), stop_after_epochs=2)
+    assert load_checkpoint(tmp_path / "chunked" / CHECKPOINT_NAME)["epoch"] == 2
+    train(tiny_cfg(tiny_data, tmp_path / "chunked"))
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT_NAME)
+    b = load_checkpoint(tmp_path / "chunked" / CHECKPOINT_NAME)
+    assert_same_weights(a["model"], b["model"])
+    assert [r["train/loss"] for r in a["history"]] == [r["train/loss"] for r in b["history"]]
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def _train_cmd(cfg: TrainConfig):
+    return [sys.executable, "-m", "sgem", "train", "--data", cfg.data_root, "--out", cfg.out_dir,
+            "--model-kwargs", json.dumps(cfg.model_kwargs), "--epochs", str(cfg.epochs),
+            "--batch-size", str(cfg.batch_size), "--crop-size", str(cfg.crop_size), "--lr", str(cfg.lr),
+            "--checkpoint-every", "1", "--no-progress", "--deterministic", "--seed", str(cfg.seed),
+            "--num-threads", "1"]
+
+
+def test_sigkilled_and_resumed_run_ends_with_the_same_weights(tiny_data, tmp_path):
+    """Kill a real training process with SIGKILL mid-run, rerun it, compare with a straight run."""
+    straight = tiny_cfg(tiny_data, tmp_path / "straight", epochs=6)
+    train(straight)
+    killed = tiny_cfg(tiny_data, tmp_path / "killed", epochs=6)
+    ckpt = Path(killed.out_dir) / CHECKPOINT_NAME
+    proc = subprocess.Popen(_train_cmd(killed), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file():
+            try:
+                if load_checkpoint(ckpt)["epoch"] >= 2:
+                    break
+            except ValueError:
+                pass  # caught between write and rename: cannot happen with atomic writes, retry
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    time.sleep(0.3)  # somewhere inside a later epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = load_checkpoint(ckpt)["epoch"]
+    assert 2 <= done_before < 6
+    subprocess.run(_train_cmd(killed), check=True, capture_output=True)
+    a, b = load_checkpoint(Path(straight.out_dir) / CHECKPOINT_NAME), load_checkpoint(ckpt)
+    assert b["epoch"] == 6
+    assert_same_weights(a["model"], b["model"])
+    # the DVCLive history has every epoch exactly once
+    tsv = (Path(killed.out_dir) / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").read_text().split()
+    steps = [int(x) for x in tsv[2::2]]
+    assert steps == list(range(6))
+
+
+def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / CHECKPOINT_NAME
+    good = {"format": "sgem-checkpoint-v1", "epoch": 3, "model": {"w": torch.ones(3)}}
+    save_checkpoint(path, good)
+    code = f"""
+import os, signal, torch
+from sgem.train import save_checkpoint
+def half(obj, fh, *a, **k):
+    fh.write(b"PK\\x03\\x04 half a checkpoint")
+    fh.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = half
+save_checkpoint({str(path)!r}, {{"format": "sgem-checkpoint-v1", "epoch": 4}})
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -signal.SIGKILL
+    assert list(tmp_path.glob(f".{CHECKPOINT_NAME}.*.tmp"))  # the half-written temp file
+    state = load_checkpoint(path)
+    assert state["epoch"] == 3 and torch.equal(state["model"]["w"], torch.ones(3))
+
+
+def test_checkpoint_loads_weights_only_and_holds_everything(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, epochs=1))
+    state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "rng", "best", "config", "history",
+            "normalization"} <= set(state)
+    assert state["config"]["model"] == "sgem_unet" and state["best"]["epoch"] == 1
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monkeypatch):
+    import sgem.train as T
+
+    calls = {"n": 0}
+
+    class PoisonedLoss(T.SoftIoULoss):
+        def forward(self, logits, target):
+            calls["n"] += 1
+            loss = super().forward(logits, target)
+            return loss * float("nan") if calls["n"] > 4 else loss  # 2 steps/epoch: epoch 3 goes bad
+
+    monkeypatch.setattr(T, "SoftIoULoss", PoisonedLoss)
+    with pytest.raises(FloatingPointError, match="epoch 3.*last good checkpoint"):
+        train(tiny_cfg(tiny_data, tmp_path, epochs=5))
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_resume_refuses_a_different_config(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="lr: checkpoint 0.003 vs now 0.01"):
+        train(tiny_cfg(tiny_data, tmp_path, epochs=1, lr=0.01))
+
+
+def test_bad_config_is_named(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="crop_size=30"):
+        train(tiny_cfg(tiny_data, tmp_path, crop_size=30))
+    with pytest.raises(ValueError, match="unknown key"):
+        TrainConfig.from_dict({"data_root": "x", "learning_rate": 1})
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "sgem", "train", "--data", str(tiny_data), "--out", str(tmp_path), "--epochs", "2",
+           "--batch-size", "2", "--crop-size", "32", "--model-kwargs", json.dumps(TINY_MODEL),
+           "--no-progress", "--device", "cpu", "--num-threads", "1", "--no-dvclive"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+
+
+def test_pred_dir_scores_equal_in_memory_scores(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path / "run", epochs=3))
+    ckpt = tmp_path / "run" / CHECKPOINT_NAME
+    mem = evaluate_checkpoint(ckpt, tiny_data, save_pred=tmp_path / "pred")
+    disk = evaluate_pred_dir(tmp_path / "pred", tiny_data)
+    for k in ("iou", "niou", "precision", "recall", "f1", "pd", "fa", "fa_legacy"):
+        assert disk[k] == pytest.approx(mem[k], nan_ok=True), k
+    # and the saved maps, scored in memory, give exactly what --pred-dir gives (curves too)
+    stems, _, masks = load_split(tiny_data, "test")
+    m = IRSTDMetrics()
+    for s, mask in zip(stems, masks):
+        m.update(load_prediction(tmp_path / "pred" / f"{s}.png"), mask)
+    assert m.compute()["pd_fa_curve"] == disk["pd_fa_curve"]
+
+
+def test_evaluate_and_predict_cli(tiny_data, tmp_path, capsys):
+    train(tiny_cfg(tiny_data, tmp_path / "run", epochs=1))
+    ckpt = str(tmp_path / "run" / CHECKPOINT_NAME)
+    assert main(["evaluate", "--checkpoint", ckpt, "--data", str(tiny_data), "--out", str(tmp_path / "m.json")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert printed["iou"] == saved["iou"] and "fa_legacy" in saved and "roc" in saved
+    assert saved["checkpoint"]["selection"] == "last epoch"
+    odd = tmp_path / "odd.png"
+    Image.fromarray(np.full((50, 70), 90, np.uint8)).save(odd)
+    assert main(["predict", "--checkpoint", ckpt, str(odd), str(tiny_data / "images"), "--out",
+                 str(tmp_path / "pred")]) == 0
+    for suffix in ("mask", "prob", "overlay"):
+        assert Image.open(tmp_path / "pred" / f"odd_{suffix}.png").size == (70, 50)
+    assert len(list((tmp_path / "pred").glob("*_mask.png"))) == 17
+    assert main(["evaluate", "--data", str(tiny_data)]) == 2
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_dvclive_never_initialises_dvc_in_the_users_repository(tiny_data, tmp_path, monkeypatch):
+    repo = tmp_path / "user_repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    monkeypatch.chdir(repo)
+    train(tiny_cfg(tiny_data, repo / "run", epochs=1, dvclive=True))
+    assert not (repo / ".dvc").exists()
+    assert (repo / "run" / "dvclive" / "metrics.json").is_file()
