@@ -8,7 +8,18 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: test test-all install clean
+.PHONY: demo test test-all lab install clean
+
+# dvc runs each stage's command in a shell: put the venv first so `python -m papermill`
+# and the notebooks' kernel are the venv's
+RUN := PATH="$(abspath $(BIN)):$$PATH"
+
+demo: $(VENV)/.installed-pipeline  ## the pipeline end to end on the built-in synthetic demo (CPU, minutes)
+	$(RUN) $(BIN)/dvc repro figures@demo
+	@echo "Done: reports/demo/ (metrics.json, figures/table1.md|csv, */*.png). Try: $(BIN)/dvc metrics show"
+
+lab: $(VENV)/.installed-lab  ## JupyterLab on the notebooks
+	$(RUN) $(BIN)/jupyter lab notebooks/
 
 test: $(VENV)/.installed-test  ## run the default test suite (slow tests deselected)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
@@ -24,6 +35,15 @@ $(VENV)/bin/python:
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+$(VENV)/.installed-pipeline: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[pipeline]"
+	touch $@
+
+$(VENV)/.installed-lab: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(PIP) install --quiet -c constraints.txt -e ".[lab]"
 	touch $@
 
 clean:

@@ -302,3 +302,20 @@ def to_tensors(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], device
     imgs = [torch.from_numpy(np.ascontiguousarray(im)).unsqueeze(0).to(device) for im in images]
     msks = [torch.from_numpy(np.ascontiguousarray(m.astype(np.uint8))).unsqueeze(0).to(device) for m in masks]
     return imgs, msks
+
+
+def dataset_fingerprint(root: str | Path, splits: Sequence[str] = ("train.txt", "test.txt")) -> str:
+    """sha256 over the split lists and every image and mask (names and bytes), so that a
+    pipeline notices any change in a dataset that lives outside the repository."""
+    import hashlib
+
+    root = Path(root)
+    h = hashlib.sha256()
+    files = [root / s for s in splits if (root / s).is_file()]
+    for sub in ("images", "masks"):
+        if (root / sub).is_dir():
+            files.extend(sorted(p for p in (root / sub).iterdir() if p.is_file()))
+    for p in files:
+        h.update(p.relative_to(root).as_posix().encode() + b"\0")
+        h.update(p.read_bytes())
+    return h.hexdigest()

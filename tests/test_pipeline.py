@@ -1,0 +1,117 @@
+"""The DVC pipeline: notebooks run by papermill as stages, in a temporary clone."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+NOTEBOOKS = ["data", "train", "evaluate", "figures"]
+FIGURES = ["data/overview.png", "train/training_curves.png", "eval/pd_fa_roc.png", "eval/qualitative.png",
+           "figures/fps_vs_iou.png", "figures/architecture.png", "figures/sgem_maps.png"]
+
+TINY = {
+    "data": {"source": "synthetic", "root": None, "synthetic": {"n": 12, "size": 64, "seed": 0}, "overview_images": 4},
+    "train": {"model": "sgem_unet", "model_kwargs": {"widths": [4, 8, 16, 32, 64], "sgem_dim": 16}, "epochs": 2,
+              "batch_size": 4, "crop_size": 32, "lr": 0.001, "device": "cpu", "deterministic": True,
+              "checkpoint_every": 1, "on_config_change": "restart", "progress": False},
+    "evaluate": {"split": "test", "threshold": 0.5, "device": "cpu", "qualitative_images": 2},
+    "figures": {"dataset_name": "synthetic (tiny)", "profile_device": "cpu", "profile_runs": 2, "profile_warmup": 0,
+                "sgem_map_images": 1},
+}
+
+
+def _env():
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "MPLBACKEND": "Agg"}
+
+
+def _run(args, cwd, **kw):
+    proc = subprocess.run(args, cwd=cwd, env=_env(), capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, f"{' '.join(map(str, args))}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc.stdout + proc.stderr
+
+
+def _clone(tmp_path: Path) -> Path:
+    """A clean clone of the working tree (tracked and untracked-not-ignored files)."""
+    dst = tmp_path / "clone"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        src = REPO / f
+        if src.is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / f)
+    for args in (["git", "init", "-q"], ["git", "add", "-A"],
+                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "clone"]):
+        _run(args, dst)
+    return dst
+
+
+def _check_reports(reports: Path, figures=FIGURES):
+    metrics = json.loads((reports / "metrics.json").read_text())
+    assert {"iou", "niou", "f1", "pd", "fa", "fa_legacy", "provenance", "environment"} <= set(metrics)
+    table = (reports / "figures" / "table1.md").read_text()
+    assert "DNANet" in table and "(this run)" in table and "| measured |" in table
+    assert "(this run)" in (reports / "figures" / "table1.csv").read_text()
+    for fig in figures:
+        assert (reports / fig).stat().st_size > 5000, fig
+    for nb in NOTEBOOKS:
+        assert (reports / "notebooks" / f"{nb}.ipynb").is_file()
+
+
+def test_tiny_pipeline_in_a_clean_clone(tmp_path):
+    clone = _clone(tmp_path)
+    (clone / "params.demo.yaml").write_text(yaml.safe_dump(TINY))
+    _run([BIN / "dvc", "repro", "figures@demo"], clone, timeout=900)
+    _check_reports(clone / "reports" / "demo")
+    shown = _run([BIN / "dvc", "metrics", "show"], clone)
+    assert "reports/demo/metrics.json" in shown and "iou" in shown
+    assert "iou" in _run([BIN / "dvc", "exp", "show", "--no-pager"], clone)
+    again = _run([BIN / "dvc", "repro", "figures@demo"], clone)
+    assert "didn't change" in again and "Running stage" not in again
+    # the paper profile is declared with its own params but was not run
+    assert not (clone / "reports" / "paper").exists()
+
+
+@pytest.mark.slow
+def test_each_notebook_runs_alone_with_papermill(tmp_path):
+    for nb in NOTEBOOKS:
+        _run([sys.executable, "-m", "papermill", "--no-progress-bar", str(REPO / "notebooks" / f"{nb}.ipynb"),
+              str(tmp_path / f"{nb}.out.ipynb"), "-p", "profile", "alone", "-p", "reports_dir", "reports/alone",
+              "-p", "runs_dir", "runs/alone"], tmp_path, timeout=900)
+    # the tiny defaults of the parameter cells: a complete run, figures included
+    assert (tmp_path / "reports" / "alone" / "figures" / "table1.md").is_file()
+    assert (tmp_path / "reports" / "alone" / "eval" / "qualitative.png").is_file()
+
+
+@pytest.mark.slow
+def test_demo_pipeline_with_its_real_params(tmp_path):
+    clone = _clone(tmp_path)
+    _run([BIN / "dvc", "repro", "figures@demo"], clone, timeout=1800)
+    _check_reports(clone / "reports" / "demo")
+    assert "didn't change" in _run([BIN / "dvc", "repro", "figures@demo"], clone)
+
+
+def test_notebooks_are_committed_without_outputs():
+    for nb in NOTEBOOKS:
+        book = json.loads((REPO / "notebooks" / f"{nb}.ipynb").read_text())
+        code = [c for c in book["cells"] if c["cell_type"] == "code"]
+        assert all(not c["outputs"] and c["execution_count"] is None for c in code), nb
+        assert any("parameters" in c["metadata"].get("tags", []) for c in code), nb
+
+
+def test_params_files_hold_the_paper_protocol_and_the_demo():
+    paper = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert (paper["train"]["epochs"], paper["train"]["batch_size"], paper["train"]["lr"],
+            paper["train"]["crop_size"]) == (1500, 8, 1e-4, 256)
+    demo = yaml.safe_load((REPO / "params.demo.yaml").read_text())
+    assert demo["data"]["source"] == "synthetic" and set(demo) == set(paper)
+    from sgem.train import TrainConfig
+    for p in (paper, demo):  # every train key is a real setting
+        TrainConfig.from_dict({**p["train"], "data_root": "x"}).validate()
