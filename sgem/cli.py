@@ -108,6 +108,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, to_markdown, write_report
+
+    report = bench(args.models or None, device=args.device, batches=args.batch, precisions=args.precision,
+                   size=args.size, channels=args.channels, runs=args.runs, warmup=args.warmup)
+    paths = write_report(report, args.out_dir, command=args.command_line)
+    print(to_markdown(report))
+    print(f"wrote {paths[0]} and {paths[1]}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .train import export_weights
+
+    print(json.dumps(export_weights(args.checkpoint, args.out, half=not args.fp32), indent=2))
+    return 0
+
+
 def _add_train_options(p: argparse.ArgumentParser) -> None:
     import dataclasses
 
@@ -190,6 +208,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-curves", action="store_true")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("bench", help="speed of every registered model, interleaved, in one process",
+                       description="Writes OUT_DIR/bench_<device>.json and .md.")
+    p.add_argument("--models", nargs="+", default=None, help="default: every registered model")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16", "fp16"],
+                   help="default: fp32 (and bf16 on CUDA)")
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--runs", type=int, default=25, help="timed rounds (each model once per round)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out-dir", default="reports")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("export", help="compact inference weights (fp16) from a training checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="masks, probability maps and overlays for images or folders")
     p.add_argument("--checkpoint", required=True)

@@ -29,6 +29,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -47,7 +48,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sgem-checkpoint-v1"
 # keys that may differ between the run that wrote a checkpoint and the run resuming it
 RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "eval_every", "progress",
-                         "dvclive", "num_threads"}
+                         "dvclive", "num_threads", "on_config_change"}
 
 
 @dataclass
@@ -87,6 +88,7 @@ class TrainConfig:
     progress: bool = True
     dvclive: bool = True
     num_threads: int = 0             # CPU threads for torch (0: torch's default)
+    on_config_change: str = "error"  # error | restart: what to do with a checkpoint of other settings
 
     def validate(self) -> None:
         def bad(key: str, expected: str) -> None:
@@ -113,6 +115,8 @@ class TrainConfig:
             bad("precision", "'fp32' or 'bf16'")
         if self.eval_every < 0:
             bad("eval_every", "an integer >= 0")
+        if self.on_config_change not in ("error", "restart"):
+            bad("on_config_change", "'error' or 'restart'")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -267,6 +271,20 @@ def model_from_checkpoint(state_or_path: dict[str, Any] | str | Path, device: st
     return model.to(device).eval(), state
 
 
+def export_weights(checkpoint: str | Path, out: str | Path, *, half: bool = True) -> dict[str, Any]:
+    """A compact checkpoint for inference: model weights (fp16 by default), config,
+    normalisation, epoch and history; no optimizer or RNG state. ``sgem evaluate`` and
+    ``sgem predict`` load it like a full checkpoint (weights are cast back to fp32)."""
+    state = load_checkpoint(checkpoint)
+    slim = {k: state[k] for k in ("format", "epoch", "config", "history", "best", "normalization", "versions")
+            if k in state}
+    slim["model"] = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
+    slim["weights_dtype"] = "float16" if half else "float32"
+    save_checkpoint(Path(out), slim)
+    return {"out": str(out), "bytes": Path(out).stat().st_size, "epoch": slim["epoch"],
+            "weights_dtype": slim["weights_dtype"]}
+
+
 # ----------------------------------------------------------------------------- logging
 
 class _Logger:
@@ -394,9 +412,18 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
         start_epoch, history, best = 0, [], {"metric": "iou", "split": cfg.eval_split, "value": None,
                                              "epoch": None}
 
-        if ckpt_path.is_file():
-            state = load_checkpoint(ckpt_path)
-            _check_resumable(ckpt_path, state["config"], cfg)
+        state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+        if state is not None and (diffs := _config_differences(state["config"], cfg)):
+            if cfg.on_config_change != "restart":
+                raise ValueError(f"{ckpt_path}: cannot resume, the run's settings differ ({diffs}). "
+                                 f"Use another out_dir, delete the checkpoint, or set on_config_change=restart.")
+            previous = ckpt_path.with_name("checkpoint.previous.pt")
+            if is_main:
+                os.replace(ckpt_path, previous)
+                warnings.warn(f"{ckpt_path}: settings changed ({diffs}); starting over "
+                              f"(the old checkpoint is now {previous.name})", stacklevel=2)
+            state = None
+        if state is not None:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
@@ -463,7 +490,10 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits = step_fn(x)
-                loss = criterion(logits.float(), y)
+                if isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads
+                    loss = sum(criterion(o.float(), y) for o in logits) / len(logits)
+                else:
+                    loss = criterion(logits.float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -520,14 +550,12 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
             dist.destroy_process_group()
 
 
-def _check_resumable(path: Path, saved: dict[str, Any], cfg: TrainConfig) -> None:
+def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> str:
+    """'' when a checkpoint of ``saved`` settings can be resumed under ``cfg``, else what differs."""
     now = cfg.to_dict()
     diffs = [k for k in sorted(set(saved) | set(now))
              if k not in RESUMABLE_DIFFERENCES and _norm(saved.get(k)) != _norm(now.get(k))]
-    if diffs:
-        detail = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diffs)
-        raise ValueError(f"{path}: cannot resume, the run's settings differ ({detail}). "
-                         f"Use another out_dir, or delete the checkpoint to start over.")
+    return ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diffs)
 
 
 def _norm(v: Any) -> Any:

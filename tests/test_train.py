@@ -157,7 +157,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_path, monk
 
 def test_resume_refuses_a_different_config(tiny_data, tmp_path):
     train(tiny_cfg(tiny_data, tmp_path, epochs=1))
-    with pytest.raises(ValueError, match="lr: checkpoint 0.003 vs now 0.01"):
+    with pytest.raises(ValueError, match="lr: checkpoint 0.003 vs now 0.01.*on_config_change=restart"):
         train(tiny_cfg(tiny_data, tmp_path, epochs=1, lr=0.01))
 
 
@@ -222,3 +222,24 @@ def test_dvclive_never_initialises_dvc_in_the_users_repository(tiny_data, tmp_pa
     train(tiny_cfg(tiny_data, repo / "run", epochs=1, dvclive=True))
     assert not (repo / ".dvc").exists()
     assert (repo / "run" / "dvclive" / "metrics.json").is_file()
+
+
+def test_changed_settings_restart_when_asked(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, epochs=1))
+    with pytest.warns(UserWarning, match="starting over"):
+        summary = train(tiny_cfg(tiny_data, tmp_path, epochs=2, lr=0.01, on_config_change="restart"))
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert summary["complete"] and state["config"]["lr"] == 0.01 and len(state["history"]) == 2
+    assert (tmp_path / "checkpoint.previous.pt").is_file()
+
+
+def test_exported_fp16_weights_evaluate_like_the_checkpoint(tiny_data, tmp_path, capsys):
+    train(tiny_cfg(tiny_data, tmp_path / "run", epochs=2))
+    ckpt = tmp_path / "run" / CHECKPOINT_NAME
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "w.pt")]) == 0
+    slim = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert "optimizer" not in slim and all(v.dtype != torch.float32 for v in slim["model"].values())
+    assert (tmp_path / "w.pt").stat().st_size < ckpt.stat().st_size / 2
+    full = evaluate_checkpoint(ckpt, tiny_data, curves=False)
+    half = evaluate_checkpoint(tmp_path / "w.pt", tiny_data, curves=False)
+    assert half["iou"] == pytest.approx(full["iou"], abs=0.02)
