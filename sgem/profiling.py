@@ -46,15 +46,35 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int], *, functional: bool) -> int:
-    """MACs at batch 1 through ptflops' pytorch backend (named explicitly: its default differs)."""
+def _transposed_conv_per_output(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    """thop's count for a transposed convolution: output elements x (in/groups x kernel area),
+    which counts the zeros the stride inserts (stride^2 times the real work)."""
+    k = int(np.prod(module.kernel_size))
+    macs = output.numel() * (module.in_channels // module.groups) * k
+    if module.bias is not None:
+        macs += output.numel()
+    module.__flops__ += int(macs)
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int], *, functional: bool,
+               transposed: str = "input") -> int:
+    """MACs at batch 1 through ptflops' pytorch backend (named explicitly: its default differs).
+
+    ``transposed="output"`` counts transposed convolutions as thop does (per output
+    pixel, stride^2 too many), to reproduce published tables; the default counts the
+    real multiply-accumulates.
+    """
     from ptflops import get_model_complexity_info
 
+    if transposed not in ("input", "output"):
+        raise ValueError(f"transposed must be 'input' or 'output', got {transposed!r}")
+    hooks = ({nn.ConvTranspose1d: _transposed_conv_per_output, nn.ConvTranspose2d: _transposed_conv_per_output}
+             if transposed == "output" else {})
     m = copy.deepcopy(model).float().cpu().eval()
     with torch.no_grad():
         macs, _ = get_model_complexity_info(
             m, tuple(input_shape), as_strings=False, print_per_layer_stat=False, ost=io.StringIO(),
-            backend="pytorch", backend_specific_config={"count_functional": functional})
+            backend="pytorch", custom_modules_hooks=hooks, backend_specific_config={"count_functional": functional})
     if macs is None:
         raise RuntimeError(f"ptflops could not count {type(model).__name__} at input {input_shape}")
     return int(macs)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sgem.models import SGEM, UNet, create_model, list_models, pad_to_multiple
+from sgem.paper import REFERENCE_COMPLEXITY
 from sgem.profiling import count_macs, count_params
 
 PAPER_PARAMS = 8.69e6
@@ -28,8 +29,9 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
     model.train()
     x = torch.randn(2, model.in_channels, 64, 64)
     y = model(x)
-    assert y.shape == (2, 1, 64, 64)
-    y.float().pow(2).mean().backward()
+    outputs = y if isinstance(y, (list, tuple)) else [y]  # deep supervision returns every head in training
+    assert all(o.shape == (2, 1, 64, 64) for o in outputs)
+    sum(o.float().pow(2).mean() for o in outputs).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, f"{name}: parameters without gradient: {missing}"
     bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
@@ -43,6 +45,20 @@ def test_non_square_input(name):
     model = create_model(name).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1, 48, 96)).shape == (1, 1, 48, 96)
+
+
+def test_every_registered_model_has_a_reference_complexity():
+    assert set(list_models()) - {"unet"} <= set(REFERENCE_COMPLEXITY)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COMPLEXITY))
+def test_complexity_matches_the_reference(name):
+    ref = REFERENCE_COMPLEXITY[name]
+    model = create_model(name, in_channels=ref["in_channels"])
+    params = count_params(model)
+    macs = count_macs(model, (ref["in_channels"], 256, 256), functional=False, transposed=ref["transposed"])
+    assert abs(params / (ref["params_m"] * 1e6) - 1) < 0.03, params
+    assert abs(macs / (ref["gmacs"] * 1e9) - 1) < 0.03, macs
 
 
 def test_sgem_unet_complexity_matches_paper():
@@ -63,9 +79,10 @@ def test_ablation_differs_only_in_decoder_stage_2():
         assert count_params(getattr(a, stage)) == count_params(getattr(b, stage)), stage
 
 
+@pytest.mark.parametrize("name", list_models())
 @pytest.mark.parametrize("h,w", [(250, 256), (256, 100), (30, 30)])
-def test_bad_size_says_what_would_work(h, w):
-    model = create_model("sgem_unet")
+def test_bad_size_says_what_would_work(name, h, w):
+    model = create_model(name)
     with pytest.raises(ValueError, match="multiples of 16"):
         model(torch.randn(1, 1, h, w))
 

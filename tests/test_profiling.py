@@ -64,3 +64,27 @@ def test_cuda_request_without_cuda_is_explained():
 def test_cuda_profile(precision):
     r = profile_model("sgem_unet", device="cuda", precision=precision, runs=5, warmup=2)
     assert r["environment"]["gpu"] and r["fps"] > 0
+
+
+def test_transposed_convolutions_can_be_counted_as_thop_does():
+    m = nn.ConvTranspose2d(2, 3, 4, stride=2, padding=1, bias=False)
+    real = count_macs(m, (2, 8, 8), functional=False)
+    thop = count_macs(m, (2, 8, 8), functional=False, transposed="output")
+    assert real == 8 * 8 * 2 * 3 * 16          # each input pixel meets each kernel tap once
+    assert thop == 16 * 16 * 3 * 2 * 16 == 4 * real
+
+
+def test_bench_interleaves_every_model_and_writes_reports(tmp_path, capsys):
+    from sgem.cli import main
+    from sgem.models import list_models
+
+    assert main(["bench", "--size", "32", "--batch", "1", "2", "--runs", "2", "--warmup", "0",
+                 "--out-dir", str(tmp_path)]) == 0
+    import json
+    report = json.loads((tmp_path / "bench_cpu.json").read_text())
+    rows = report["results"]
+    assert {r["model"] for r in rows} == set(list_models()) and {r["batch"] for r in rows} == {1, 2}
+    assert all(r["fps"] > 0 and r["runs"] == 2 for r in rows)
+    assert all(r["fps_ratio_to_sgem_unet"] == pytest.approx(1.0) for r in rows if r["model"] == "sgem_unet")
+    md = (tmp_path / "bench_cpu.md").read_text()
+    assert "sgem_unet FPS =" in md and "dnanet" in md and report["command"].startswith("sgem bench")

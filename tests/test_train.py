@@ -243,3 +243,12 @@ def test_exported_fp16_weights_evaluate_like_the_checkpoint(tiny_data, tmp_path,
     full = evaluate_checkpoint(ckpt, tiny_data, curves=False)
     half = evaluate_checkpoint(tmp_path / "w.pt", tiny_data, curves=False)
     assert half["iou"] == pytest.approx(full["iou"], abs=0.02)
+
+
+def test_deeply_supervised_baseline_trains_with_the_same_engine(tiny_data, tmp_path):
+    summary = train(tiny_cfg(tiny_data, tmp_path, model="dnanet", model_kwargs={"widths": [4, 8, 16, 32, 64]},
+                             epochs=2))
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert summary["complete"] and state["config"]["model"] == "dnanet"
+    assert all(np.isfinite(r["train/loss"]) for r in state["history"])
+    assert 0.0 <= state["history"][-1]["test/iou"] <= 1.0

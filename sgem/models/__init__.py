@@ -4,6 +4,8 @@
 >>> model = create_model("sgem_unet")
 """
 
+from .acm import ACMNet
+from .dnanet import DNANet
 from .registry import create_model, describe_model, list_models, register_model
 from .sgem_module import SGEM, Linearization
 from .unet import UNet, pad_to_multiple
@@ -19,5 +21,15 @@ def unet(**kwargs) -> UNet:
     return UNet(decoder2="skip", **kwargs)
 
 
-__all__ = ["SGEM", "Linearization", "UNet", "create_model", "describe_model", "list_models",
+@register_model("dnanet", "DNANet (Li et al. 2023): dense nested attention, ResNet-18-style CBAM blocks, deep supervision")
+def dnanet(**kwargs) -> DNANet:
+    return DNANet(**kwargs)
+
+
+@register_model("acm", "ACM (Dai et al. 2021): ASKC residual U-Net, BasicIRSTD configuration (layers 3-3-3, widths 8-64)")
+def acm(**kwargs) -> ACMNet:
+    return ACMNet(**{"layers": (3, 3, 3), "widths": (8, 16, 32, 64), **kwargs})
+
+
+__all__ = ["ACMNet", "DNANet", "SGEM", "Linearization", "UNet", "create_model", "describe_model", "list_models",
            "pad_to_multiple", "register_model"]

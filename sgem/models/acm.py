@@ -1,0 +1,106 @@
+"""ACM: asymmetric contextual modulation (Dai et al., WACV 2021), ref. [1] of the paper.
+
+A small residual U-Net (stem at 1/4 resolution, three residual stages, two
+transposed-convolution decoder steps) whose skip fusions are asymmetric bi-directional
+modulations: the deep feature is summarised by global pooling (top-down channel
+attention) and the shallow one by point-wise convolutions (bottom-up attention), each
+re-weighting the other: ``2 * x_low * w_top + 2 * x_high * w_bottom``.
+
+Configurations:
+
+* ``acm`` (default): layers [4, 4, 4], widths [8, 16, 32, 64], the configuration of
+  BasicIRSTD's ResUNet ACM (reference: 0.402 G MACs, 0.398 M params at 3x256x256).
+* ``acm_large``: the configuration behind the paper's ACM row (1.31 G, 1.54 M)? See
+  ``docs/baselines.md`` for how it was identified.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dnanet import _check
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True),
+            nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False), nn.BatchNorm2d(out_ch))
+        self.down = (nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
+                     if stride != 1 or in_ch != out_ch else nn.Identity())
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.down(x))
+
+
+def _stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(ResidualBlock(in_ch, out_ch, stride), *[ResidualBlock(out_ch, out_ch) for _ in range(blocks - 1)])
+
+
+class AsymBiChaFuse(nn.Module):
+    """Asymmetric bi-directional channel fusion of a deep (high) and shallow (low) feature."""
+
+    def __init__(self, channels: int, r: int = 4) -> None:
+        super().__init__()
+        inter = max(1, channels // r)
+        self.topdown = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, inter, 1), nn.BatchNorm2d(inter), nn.ReLU(inplace=True),
+            nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
+        self.bottomup = nn.Sequential(
+            nn.Conv2d(channels, inter, 1), nn.BatchNorm2d(inter), nn.ReLU(inplace=True),
+            nn.Conv2d(inter, channels, 1), nn.BatchNorm2d(channels), nn.Sigmoid())
+        self.post = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1), nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+
+    def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
+        return self.post(2 * low * self.topdown(high) + 2 * high * self.bottomup(low))
+
+
+class FCNHead(nn.Sequential):
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        inter = in_ch // 4
+        super().__init__(nn.Conv2d(in_ch, inter, 3, 1, 1, bias=False), nn.BatchNorm2d(inter), nn.ReLU(inplace=True),
+                         nn.Dropout(0.1), nn.Conv2d(inter, out_ch, 1))
+
+
+class ACMNet(nn.Module):
+    """ASKC residual U-Net (see module docstring)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 1, layers: Sequence[int] = (4, 4, 4),
+                 widths: Sequence[int] = (8, 16, 32, 64), r: int = 4) -> None:
+        super().__init__()
+        c = list(widths)
+        self.in_channels = in_channels
+        self.size_multiple = 16
+        stem = c[0]
+        self.stem = nn.Sequential(
+            nn.BatchNorm2d(in_channels),
+            nn.Conv2d(in_channels, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
+            nn.Conv2d(stem, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
+            nn.Conv2d(stem, 2 * stem, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * stem), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2, 1))
+        self.layer1 = _stage(c[1], c[1], layers[0], 1)
+        self.layer2 = _stage(c[1], c[2], layers[1], 2)
+        self.layer3 = _stage(c[2], c[3], layers[2], 2)
+        self.deconv2 = nn.ConvTranspose2d(c[3], c[2], 4, 2, 1)
+        self.fuse2 = AsymBiChaFuse(c[2], r)
+        self.uplayer2 = _stage(c[2], c[2], layers[1], 1)
+        self.deconv1 = nn.ConvTranspose2d(c[2], c[1], 4, 2, 1)
+        self.fuse1 = AsymBiChaFuse(c[1], r)
+        self.uplayer1 = _stage(c[1], c[1], layers[0], 1)
+        self.head = FCNHead(c[1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check(self, x)
+        h, w = x.shape[-2:]
+        c1 = self.layer1(self.stem(x))
+        c2 = self.layer2(c1)
+        c3 = self.layer3(c2)
+        up2 = self.uplayer2(self.fuse2(self.deconv2(c3), c2))
+        up1 = self.uplayer1(self.fuse1(self.deconv1(up2), c1))
+        return F.interpolate(self.head(up1), size=(h, w), mode="bilinear", align_corners=False)
