@@ -201,9 +201,10 @@ def profile_model(
     in_ch = channels if channels is not None else getattr(model, "in_channels", 1)
     h, w = (size, size) if isinstance(size, int) else size
     shape = (in_ch, h, w)
-    check = getattr(model, "check_input", None)
-    if check is not None:  # fail with the model's own message; ptflops would swallow it
-        check(torch.empty(1, *shape, device="meta"))
+    if hasattr(model, "size_multiple"):  # fail with the model's own message; ptflops would swallow it
+        from .models.blocks import check_input
+
+        check_input(model, torch.empty(1, *shape, device="meta"))
 
     result: dict[str, Any] = {
         "model": name,

@@ -88,3 +88,9 @@ def test_bench_interleaves_every_model_and_writes_reports(tmp_path, capsys):
     assert all(r["fps_ratio_to_sgem_unet"] == pytest.approx(1.0) for r in rows if r["model"] == "sgem_unet")
     md = (tmp_path / "bench_cpu.md").read_text()
     assert "sgem_unet FPS =" in md and "dnanet" in md and report["command"].startswith("sgem bench")
+
+
+@pytest.mark.parametrize("name", ["dnanet", "acm"])
+def test_baselines_explain_bad_sizes_when_profiled(name):
+    with pytest.raises(ValueError, match="multiples of 16"):
+        profile_model(name, size=250, timing=False)

@@ -8,10 +8,10 @@ re-weighting the other: ``2 * x_low * w_top + 2 * x_high * w_bottom``.
 
 Configurations:
 
-* ``acm`` (default): layers [4, 4, 4], widths [8, 16, 32, 64], the configuration of
-  BasicIRSTD's ResUNet ACM (reference: 0.402 G MACs, 0.398 M params at 3x256x256).
-* ``acm_large``: the configuration behind the paper's ACM row (1.31 G, 1.54 M)? See
-  ``docs/baselines.md`` for how it was identified.
+* ``acm`` (registered): layers [3, 3, 3], widths [8, 16, 32, 64], the configuration of
+  BasicIRSTD's ResUNet ACM (reference: 0.402 G MACs, 0.398 M params at 3x256x256; see
+  ``docs/baselines.md`` for the transposed-convolution counting difference).
+* The paper's ACM row (1.31 G, 1.54 M) is a larger configuration not identified yet.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dnanet import _check
+from .blocks import check_input
 
 
 class ResidualBlock(nn.Module):
@@ -96,7 +96,7 @@ class ACMNet(nn.Module):
         self.head = FCNHead(c[1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check(self, x)
+        check_input(self, x)
         h, w = x.shape[-2:]
         c1 = self.layer1(self.stem(x))
         c2 = self.layer2(c1)

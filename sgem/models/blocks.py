@@ -67,3 +67,21 @@ class UpBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
         return self.conv(torch.cat([x, skip], dim=1))
+
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise a ValueError that says what would work if ``model`` cannot take ``x``.
+
+    Uses the model's ``in_channels`` and ``size_multiple`` (2 ** number of poolings).
+    """
+    name = type(model).__name__
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != model.in_channels:
+        raise ValueError(f"{name}: model takes {model.in_channels} input channel(s), got {x.shape[1]} "
+                         f"(shape {tuple(x.shape)})")
+    h, w = x.shape[-2:]
+    m = model.size_multiple
+    if h % m or w % m:
+        raise ValueError(f"{name}: height and width must be multiples of {m}; got {h}x{w}. "
+                         f"Pad to {-(-h // m) * m}x{-(-w // m) * m} (sgem.models.pad_to_multiple) or crop.")

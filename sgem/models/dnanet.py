@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import check_input
+
 
 class ChannelAttention(nn.Module):
     def __init__(self, channels: int, ratio: int = 16) -> None:
@@ -120,7 +122,7 @@ class DNANet(nn.Module):
         self.heads = nn.ModuleList(nn.Conv2d(f[0], num_classes, 1) for _ in range(n_heads))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        _check(self, x)
+        check_input(self, x)
         pool = lambda t: F.max_pool2d(t, 2)  # noqa: E731
         x0_0 = self.conv0_0(x)
         x1_0 = self.conv1_0(pool(x0_0))
@@ -144,13 +146,3 @@ class DNANet(nn.Module):
             return self.heads[0](fused)
         outs = [head(t) for head, t in zip(self.heads, (x0_1, x0_2, x0_3, fused))]
         return outs if self.training else outs[-1]
-
-
-def _check(model: nn.Module, x: torch.Tensor) -> None:
-    if x.ndim != 4 or x.shape[1] != model.in_channels:
-        raise ValueError(f"{type(model).__name__} takes (B, {model.in_channels}, H, W), got {tuple(x.shape)}")
-    m = model.size_multiple
-    h, w = x.shape[-2:]
-    if h % m or w % m:
-        raise ValueError(f"height and width must be multiples of {m}; got {h}x{w}. Pad to "
-                         f"{-(-h // m) * m}x{-(-w // m) * m} (sgem.models.pad_to_multiple) or crop.")

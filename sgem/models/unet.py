@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ActFactory, DoubleConv, NormFactory, UpBlock, default_act, default_norm
+from .blocks import ActFactory, DoubleConv, NormFactory, UpBlock, check_input, default_act, default_norm
 from .sgem_module import SGEM
 
 
@@ -88,18 +88,7 @@ class UNet(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ValueError that says what would work if ``x`` cannot be taken."""
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D batch (B, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"model takes {self.in_channels} input channel(s), got {x.shape[1]} "
-                             f"(shape {tuple(x.shape)})")
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        if h % m or w % m:
-            up = (-(-h // m) * m, -(-w // m) * m)
-            raise ValueError(
-                f"height and width must be multiples of {m} (4 poolings); got {h}x{w}. "
-                f"Pad to {up[0]}x{up[1]} (sgem.models.pad_to_multiple) or crop.")
+        check_input(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
