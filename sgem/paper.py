@@ -31,6 +31,14 @@ REFERENCE_COMPLEXITY: dict[str, dict] = {
                   "source": "the paper's Table 1 (calibration target, docs/architecture.md)"},
     "dnanet": {"gmacs": 14.28, "params_m": 4.697, "in_channels": 3, "transposed": "input",
                "source": "thop on the official DNANet code (= the paper's Table 1 row)"},
+    "uiunet": {"gmacs": 54.50, "params_m": 50.54, "in_channels": 3, "transposed": "input",
+               "source": "thop on the official UIU-Net code (= the paper's Table 1 row)"},
+    "alcnet": {"gmacs": 0.378, "params_m": 0.427, "in_channels": 3, "transposed": "output",
+               "source": "thop on BasicIRSTD's ALCNet (ASKC ResNet-FPN). Its 0.520 M total includes 0.093 M in two "
+                         "stages its forward never runs; thop's 0.427 M (modules that run) is the model here"},
+    "isnet": {"gmacs": 30.6, "params_m": 0.966, "in_channels": 1, "transposed": "output",
+              "source": "thop on BasicIRSTD's ISNet (1-channel stem). Here +2 % params, +2 % MACs: the pure-torch "
+                        "deformable convolutions carry a bias and their offset branch is counted"},
     "acm": {"gmacs": 0.402, "params_m": 0.398, "in_channels": 3, "transposed": "output",
             "source": "thop on BasicIRSTD's ACM (ResUNet, layers 3-3-3, widths 8-16-32-64); thop counts its two "
                       "transposed convolutions per output pixel, 4x their real cost (+0.050 G)"},

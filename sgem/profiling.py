@@ -56,6 +56,14 @@ def _transposed_conv_per_output(module: nn.Module, inputs: Any, output: torch.Te
     module.__flops__ += int(macs)
 
 
+def _deform_conv(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+    """A deformable convolution costs what the same convolution costs (its offset branch is
+    an ordinary nn.Conv2d, counted on its own); bilinear sampling is not counted."""
+    k = int(np.prod(module.kernel_size))
+    macs = output.numel() * module.weight.shape[1] * k + (output.numel() if module.bias is not None else 0)
+    module.__flops__ += int(macs)
+
+
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int], *, functional: bool,
                transposed: str = "input") -> int:
     """MACs at batch 1 through ptflops' pytorch backend (named explicitly: its default differs).
@@ -68,8 +76,11 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int], *, functiona
 
     if transposed not in ("input", "output"):
         raise ValueError(f"transposed must be 'input' or 'output', got {transposed!r}")
-    hooks = ({nn.ConvTranspose1d: _transposed_conv_per_output, nn.ConvTranspose2d: _transposed_conv_per_output}
-             if transposed == "output" else {})
+    from .models.isnet import DeformConv2d
+
+    hooks: dict[Any, Any] = {DeformConv2d: _deform_conv}
+    if transposed == "output":
+        hooks.update({nn.ConvTranspose1d: _transposed_conv_per_output, nn.ConvTranspose2d: _transposed_conv_per_output})
     m = copy.deepcopy(model).float().cpu().eval()
     with torch.no_grad():
         macs, _ = get_model_complexity_info(

@@ -44,7 +44,7 @@ def test_forward_backward_every_parameter_gets_a_gradient(name):
 def test_non_square_input(name):
     model = create_model(name).eval()
     with torch.no_grad():
-        assert model(torch.randn(1, 1, 48, 96)).shape == (1, 1, 48, 96)
+        assert model(torch.randn(1, 1, 64, 96)).shape == (1, 1, 64, 96)
 
 
 def test_every_registered_model_has_a_reference_complexity():
@@ -83,7 +83,7 @@ def test_ablation_differs_only_in_decoder_stage_2():
 @pytest.mark.parametrize("h,w", [(250, 256), (256, 100), (30, 30)])
 def test_bad_size_says_what_would_work(name, h, w):
     model = create_model(name)
-    with pytest.raises(ValueError, match="multiples of 16"):
+    with pytest.raises(ValueError, match=rf"multiples of {model.size_multiple}.*Pad to"):
         model(torch.randn(1, 1, h, w))
 
 
@@ -139,3 +139,25 @@ def test_torch_export_matches_eager():
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_deformable_convolution_with_zero_offsets_is_a_convolution():
+    from sgem.models.isnet import DeformConv2d
+
+    d = DeformConv2d(4, 5, (3, 3), (1, 1))
+    x = torch.randn(2, 4, 9, 7)
+    torch.testing.assert_close(d(x), torch.nn.functional.conv2d(x, d.weight, d.bias, padding=1), atol=1e-5, rtol=1e-5)
+
+
+def test_deformable_convolution_follows_its_offsets():
+    from sgem.models.isnet import DeformConv2d
+
+    d = DeformConv2d(1, 1, (1, 1), (0, 0), bias=False)
+    with torch.no_grad():
+        d.weight.fill_(1.0)
+        d.conv_offset.bias.copy_(torch.tensor([0.0, 1.0]))  # every sample one pixel to the right
+    x = torch.arange(12.0).view(1, 1, 3, 4)
+    expected = torch.cat([x[..., 1:], torch.zeros(1, 1, 3, 1)], dim=-1)  # outside the image: 0
+    torch.testing.assert_close(d(x), expected)
+    d(x).sum().backward()
+    assert d.conv_offset.bias.grad is not None
