@@ -4,7 +4,8 @@ Protocol: the same device, input 1x{C}x256x256 random data resident on the devic
 ``eval()`` + ``inference_mode``; for each (batch, precision) setting every model is warmed
 up, then timed **interleaved** (A B C A B C ...; one forward of each model per round,
 each bracketed by device synchronisation) so that clock or thermal drift hits all models
-alike. Reported per model and setting: params, module-level MACs (paper convention,
+alike; an optional time budget per setting caps the rounds (each row says how many it
+got). Reported per model and setting: params, module-level MACs (paper convention,
 batch 1), latency median and p90, FPS = batch / median, and FPS as a ratio to
 ``sgem_unet``'s.
 """
@@ -41,7 +42,10 @@ def _time_once(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def bench(models: Sequence[str] | None = None, *, device: str = "cpu", batches: Sequence[int] = (1, 8),
           precisions: Sequence[str] | None = None, size: int = 256, channels: int = 1, runs: int = 25,
-          warmup: int = 3) -> dict[str, Any]:
+          warmup: int = 3, budget_s: float | None = None, min_runs: int = 3) -> dict[str, Any]:
+    """Time every model (see module docstring). ``budget_s`` caps the timed rounds of each
+    (batch, precision) setting: rounds stop once it is spent and ``min_runs`` are done;
+    each row records the rounds it really got."""
     dev = resolve_device(device)
     names = list(models or list_models())
     unknown = [n for n in names if n not in list_models()]
@@ -66,7 +70,10 @@ def bench(models: Sequence[str] | None = None, *, device: str = "cpu", batches: 
                 for n in names:
                     for _ in range(warmup):
                         _time_once(nets[n], x)
-                for _ in range(runs):
+                start = time.perf_counter()
+                for r in range(runs):
+                    if budget_s is not None and r >= min_runs and time.perf_counter() - start > budget_s:
+                        break
                     for n in names:
                         times[n].append(_time_once(nets[n], x))
             rows = []
@@ -76,7 +83,7 @@ def bench(models: Sequence[str] | None = None, *, device: str = "cpu", batches: 
                 rows.append({"model": n, "batch": batch, "precision": precision,
                              "params": complexity[n]["params"], "macs_module": complexity[n]["macs_module"],
                              "latency_ms_median": med, "latency_ms_p90": float(np.percentile(t, 90)),
-                             "fps": batch / (med / 1e3), "runs": runs, "warmup": warmup})
+                             "fps": batch / (med / 1e3), "runs": len(t), "warmup": warmup})
             ref = next((r["fps"] for r in rows if r["model"] == REFERENCE), None)
             for r in rows:
                 r["fps_ratio_to_sgem_unet"] = r["fps"] / ref if ref else None
@@ -113,11 +120,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     return head + "\n".join(lines) + tail
 
 
-def write_report(report: dict[str, Any], out_dir: str | Path = "reports", command: str | None = None) -> tuple[Path, Path]:
+def write_report(report: dict[str, Any], out_dir: str | Path = "reports", command: str | None = None,
+                 name: str | None = None) -> tuple[Path, Path]:
     out_dir = Path(out_dir)
-    kind = report["device"].split(":")[0]
+    stem = name or f"bench_{report['device'].split(':')[0]}"
     report = {**report, "command": command}
-    j = atomic_write_json(out_dir / f"bench_{kind}.json", report)
-    md = atomic_write_text(out_dir / f"bench_{kind}.md",
+    j = atomic_write_json(out_dir / f"{stem}.json", report)
+    md = atomic_write_text(out_dir / f"{stem}.md",
                            (f"Command: `{command}`\n\n" if command else "") + to_markdown(report))
     return j, md

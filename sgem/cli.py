@@ -111,9 +111,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, to_markdown, write_report
 
-    report = bench(args.models or None, device=args.device, batches=args.batch, precisions=args.precision,
-                   size=args.size, channels=args.channels, runs=args.runs, warmup=args.warmup)
-    paths = write_report(report, args.out_dir, command=args.command_line)
+    settings = {"models": args.models or None, "device": args.device, "batches": args.batch,
+                "precisions": args.precision, "size": args.size, "channels": args.channels, "runs": args.runs,
+                "warmup": args.warmup, "budget_s": args.budget_s}
+    if args.params:
+        given = _load_params(args.params, args.params_key)
+        unknown = sorted(set(given) - set(settings))
+        if unknown:
+            raise ValueError(f"{args.params}: unknown bench setting(s) {unknown}; known: {sorted(settings)}")
+        settings.update(given)
+    models = settings.pop("models")
+    report = bench(models, **settings)
+    paths = write_report(report, args.out_dir, command=args.command_line, name=args.name)
     print(to_markdown(report))
     print(f"wrote {paths[0]} and {paths[1]}")
     return 0
@@ -220,7 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--runs", type=int, default=25, help="timed rounds (each model once per round)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="seconds of timed rounds per (batch, precision) setting (at least 3 rounds)")
     p.add_argument("--out-dir", default="reports")
+    p.add_argument("--name", default=None, help="file stem (default bench_<device>)")
+    p.add_argument("--params", default=None, help="YAML file whose settings override the options")
+    p.add_argument("--params-key", default=None, help="dotted key of the settings inside --params (e.g. bench)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("export", help="compact inference weights (fp16) from a training checkpoint")

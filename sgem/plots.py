@@ -150,15 +150,18 @@ def qualitative_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], 
 
 
 def fps_vs_iou(rows: Sequence[dict[str, Any]], title: str) -> plt.Figure:
-    """FPS (log) against IoU; each row: model, iou (x100), fps, source ('paper' or 'measured')."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for src, marker, fill in (("paper", "o", "none"), ("measured", "s", None)):
-        pts = [r for r in rows if r["source"] == src and r.get("iou") is not None and r.get("fps")]
+    """FPS (log) against IoU. Each row: model, iou (x100), fps, group (the legend entry,
+    e.g. "paper: RTX 3090" or "measured FPS (CPU), IoU of this run")."""
+    fig, ax = plt.subplots(figsize=(9, 6))
+    styles = [("o", "none", "tab:blue"), ("s", "tab:red", "tab:red"), ("D", "none", "tab:red"),
+              ("^", "tab:green", "tab:green")]
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    for group, (marker, face, edge) in zip(groups, styles * (len(groups) // len(styles) + 1)):
+        pts = [r for r in rows if r["group"] == group and r.get("iou") is not None and r.get("fps")]
         if not pts:
             continue
-        kw = {"facecolors": fill} if fill else {}
-        ax.scatter([r["fps"] for r in pts], [r["iou"] for r in pts], marker=marker, s=60,
-                   edgecolors="tab:blue" if src == "paper" else "tab:red", label=_source_label(pts[0]), **kw)
+        ax.scatter([r["fps"] for r in pts], [r["iou"] for r in pts], marker=marker, s=60, facecolors=face,
+                   edgecolors=edge, label=group)
         for r in pts:
             ax.annotate(r["model"], (r["fps"], r["iou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
     ax.set_xscale("log")
@@ -166,10 +169,6 @@ def fps_vs_iou(rows: Sequence[dict[str, Any]], title: str) -> plt.Figure:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
-
-
-def _source_label(row: dict[str, Any]) -> str:
-    return f"{row['source']}: {row.get('device', '')}, {row.get('dataset', '')}".strip(", ")
 
 
 @torch.inference_mode()

@@ -15,31 +15,38 @@ from typing import Any, Sequence
 from .io import atomic_write_text
 from .paper import PAPER_DATASET, PAPER_DEVICE, TABLE1
 
-COLUMNS = ["model", "source", "dataset", "IoU", "F1", "nIoU", "Pd", "Fa (1e-6)", "FLOPs (G)", "Params (M)",
+COLUMNS = ["model", "source", "dataset", "IoU source", "IoU", "F1", "nIoU", "Pd", "Fa (1e-6)", "FLOPs (G)", "Params (M)",
            "FPS", "FPS device", "FPS protocol"]
 
 
 def paper_rows() -> list[dict[str, Any]]:
-    return [{"model": r["model"], "source": "paper", "dataset": PAPER_DATASET, "IoU": r["iou"], "F1": r["f1"],
+    return [{"model": r["model"], "source": "paper", "dataset": PAPER_DATASET, "IoU source": "paper",
+             "IoU": r["iou"], "F1": r["f1"],
              "nIoU": None, "Pd": None, "Fa (1e-6)": None, "FLOPs (G)": r["gflops"], "Params (M)": r["params_m"],
              "FPS": r["fps"], "FPS device": PAPER_DEVICE, "FPS protocol": "not stated"} for r in TABLE1]
 
 
-def measured_row(model: str, *, metrics: dict[str, Any] | None, profile: dict[str, Any] | None,
-                 dataset: str) -> dict[str, Any]:
-    """A row from this project's evaluation metrics and profile (either may be None)."""
-    row: dict[str, Any] = {"model": model, "source": "measured", "dataset": dataset if metrics else None}
+def measured_row(model: str, *, bench: dict[str, Any] | None, environment: dict[str, Any] | None,
+                 metrics: dict[str, Any] | None = None, dataset: str | None = None, label: str | None = None
+                 ) -> dict[str, Any]:
+    """A row measured by this project: complexity and speed from a ``sgem bench`` row; IoU
+    and the other accuracy metrics from this project's evaluation when ``metrics`` is
+    given, else the paper's (if the paper has the model), marked in "IoU source"."""
+    row: dict[str, Any] = {"model": label or model, "source": "measured"}
     if metrics:
-        row.update({"IoU": 100 * metrics["iou"], "F1": 100 * metrics["f1"], "nIoU": 100 * metrics["niou"],
-                    "Pd": 100 * metrics["pd"], "Fa (1e-6)": 1e6 * metrics["fa"]})
-    if profile:
-        env = profile["environment"]
-        row.update({"FLOPs (G)": profile["gmacs_module"], "Params (M)": profile["params_m"]})
-        if "fps" in profile:
-            lat = profile["latency_ms"]
-            row.update({"FPS": profile["fps"], "FPS device": env.get("gpu") or f"{env['cpu']} ({env['torch_threads']} threads)",
-                        "FPS protocol": f"batch {profile['input_shape'][0]}, {profile['precision']}, forward only, "
-                                        f"median of {lat['runs']} runs"})
+        row.update({"dataset": dataset, "IoU source": "this run", "IoU": 100 * metrics["iou"],
+                    "F1": 100 * metrics["f1"], "nIoU": 100 * metrics["niou"], "Pd": 100 * metrics["pd"],
+                    "Fa (1e-6)": 1e6 * metrics["fa"]})
+    else:
+        paper = next((r for r in TABLE1 if r["registry"] == model), None)
+        if paper:
+            row.update({"dataset": PAPER_DATASET, "IoU source": "paper", "IoU": paper["iou"], "F1": paper["f1"]})
+    if bench:
+        row.update({"FLOPs (G)": bench["macs_module"] / 1e9, "Params (M)": bench["params"] / 1e6, "FPS": bench["fps"],
+                    "FPS protocol": f"batch {bench['batch']}, {bench['precision']}, forward only, median of "
+                                    f"{bench['runs']} interleaved runs (sgem bench)"})
+    if environment:
+        row["FPS device"] = environment.get("gpu") or f"{environment['cpu']} ({environment['torch_threads']} threads)"
     return row
 
 
