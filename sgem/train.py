@@ -445,6 +445,7 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
                                                       else None)
         step_fn = torch.compile(net) if cfg.compile else net
         criterion = SoftIoULoss(smooth=cfg.loss_smooth, reduction=cfg.loss_reduction)
+        model_loss = getattr(model, "training_loss", None)
         autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         norm_mean = torch.tensor(mean, device=device)
         norm_std = torch.tensor(std, device=device)
@@ -490,7 +491,9 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     logits = step_fn(x)
-                if isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads
+                if model_loss is not None:  # a model's own loss (e.g. ISNet's edge term)
+                    loss = model_loss(logits, y, criterion)
+                elif isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads
                     loss = sum(criterion(o.float(), y) for o in logits) / len(logits)
                 else:
                     loss = criterion(logits.float(), y)

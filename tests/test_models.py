@@ -161,3 +161,20 @@ def test_deformable_convolution_follows_its_offsets():
     torch.testing.assert_close(d(x), expected)
     d(x).sum().backward()
     assert d.conv_offset.bias.grad is not None
+
+
+def test_isnet_trains_on_prediction_and_edges():
+    from sgem.losses import SoftIoULoss
+    from sgem.models.isnet import mask_boundary
+
+    mask = torch.zeros(1, 1, 8, 8)
+    mask[0, 0, 2:6, 2:6] = 1
+    boundary = mask_boundary(mask)
+    assert boundary.sum() == 12 and boundary[0, 0, 3:5, 3:5].sum() == 0  # the ring, not the inside
+    model = create_model("isnet", widths=(4, 8, 16, 32)).train()
+    pred, edge = model(torch.randn(2, 1, 32, 32))
+    target = torch.zeros(2, 1, 32, 32)
+    target[:, :, 10:14, 10:14] = 1
+    loss = model.training_loss((pred, edge), target, SoftIoULoss())
+    loss.backward()
+    assert torch.isfinite(loss) and model.edge.weight.grad.abs().sum() > 0

@@ -245,10 +245,11 @@ def test_exported_fp16_weights_evaluate_like_the_checkpoint(tiny_data, tmp_path,
     assert half["iou"] == pytest.approx(full["iou"], abs=0.02)
 
 
-def test_deeply_supervised_baseline_trains_with_the_same_engine(tiny_data, tmp_path):
-    summary = train(tiny_cfg(tiny_data, tmp_path, model="dnanet", model_kwargs={"widths": [4, 8, 16, 32, 64]},
-                             epochs=2))
+@pytest.mark.parametrize("name,kwargs", [("dnanet", {"widths": [4, 8, 16, 32, 64]}),  # deep supervision
+                                         ("isnet", {"widths": [4, 8, 16, 32]})])          # its own loss
+def test_baselines_train_with_the_same_engine(tiny_data, tmp_path, name, kwargs):
+    summary = train(tiny_cfg(tiny_data, tmp_path, model=name, model_kwargs=kwargs, epochs=2))
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
-    assert summary["complete"] and state["config"]["model"] == "dnanet"
+    assert summary["complete"] and state["config"]["model"] == name
     assert all(np.isfinite(r["train/loss"]) for r in state["history"])
     assert 0.0 <= state["history"][-1]["test/iou"] <= 1.0
