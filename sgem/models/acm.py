@@ -43,6 +43,23 @@ def _stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(ResidualBlock(in_ch, out_ch, stride), *[ResidualBlock(out_ch, out_ch) for _ in range(blocks - 1)])
 
 
+def stem(in_channels: int, width: int) -> nn.Sequential:
+    """The ACM family's stem: input BN, three 3x3 convs (the first strided), 3x3 max-pool:
+    1/4 resolution, 2 x width channels."""
+    return nn.Sequential(
+        nn.BatchNorm2d(in_channels),
+        nn.Conv2d(in_channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, 2 * width, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * width), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, 2, 1))
+
+
+def encoder(layers: Sequence[int], widths: Sequence[int]) -> tuple[nn.Sequential, nn.Sequential, nn.Sequential]:
+    """The three residual stages after the stem (strides 1, 2, 2)."""
+    c = list(widths)
+    return _stage(c[1], c[1], layers[0], 1), _stage(c[1], c[2], layers[1], 2), _stage(c[2], c[3], layers[2], 2)
+
+
 class AsymBiChaFuse(nn.Module):
     """Asymmetric bi-directional channel fusion of a deep (high) and shallow (low) feature."""
 
@@ -77,16 +94,8 @@ class ACMNet(nn.Module):
         c = list(widths)
         self.in_channels = in_channels
         self.size_multiple = 16
-        stem = c[0]
-        self.stem = nn.Sequential(
-            nn.BatchNorm2d(in_channels),
-            nn.Conv2d(in_channels, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
-            nn.Conv2d(stem, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
-            nn.Conv2d(stem, 2 * stem, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * stem), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1))
-        self.layer1 = _stage(c[1], c[1], layers[0], 1)
-        self.layer2 = _stage(c[1], c[2], layers[1], 2)
-        self.layer3 = _stage(c[2], c[3], layers[2], 2)
+        self.stem = stem(in_channels, c[0])
+        self.layer1, self.layer2, self.layer3 = encoder(layers, c)
         self.deconv2 = nn.ConvTranspose2d(c[3], c[2], 4, 2, 1)
         self.fuse2 = AsymBiChaFuse(c[2], r)
         self.uplayer2 = _stage(c[2], c[2], layers[1], 1)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .acm import FCNHead, _stage
+from .acm import FCNHead, _stage, encoder, stem
 from .blocks import check_input
 
 
@@ -148,16 +148,8 @@ class ISNet(nn.Module):
         c = list(widths)
         self.in_channels = in_channels
         self.size_multiple = 16
-        stem = c[0]
-        self.stem = nn.Sequential(
-            nn.BatchNorm2d(in_channels),
-            nn.Conv2d(in_channels, stem, 3, 2, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
-            nn.Conv2d(stem, stem, 3, 1, 1, bias=False), nn.BatchNorm2d(stem), nn.ReLU(inplace=True),
-            nn.Conv2d(stem, 2 * stem, 3, 1, 1, bias=False), nn.BatchNorm2d(2 * stem), nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, 2, 1))
-        self.layer1 = _stage(c[1], c[1], layers[0], 1)
-        self.layer2 = _stage(c[1], c[2], layers[1], 2)
-        self.layer3 = _stage(c[2], c[3], layers[2], 2)
+        self.stem = stem(in_channels, c[0])
+        self.layer1, self.layer2, self.layer3 = encoder(layers, c)
         self.deconv2 = nn.ConvTranspose2d(c[3], c[2], 4, 2, 1)
         self.ttoa_low = TTOA(c[2])
         self.uplayer2 = _stage(c[2], c[2], layers[1], 1)
