@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _default_mode() -> int:
+    """The mode a plain open() would give a new file (0o666 minus the umask); mkstemp's
+    temporary files are 0o600, which would leave reports unreadable to others."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], *, binary: bool = False) -> Path:
     """Call ``write(fileobj)`` on a temp file next to ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as fh:
             write(fh)
             fh.flush()
