@@ -227,10 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: fp32 (and bf16 on CUDA)")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--runs", type=int, default=25, help="timed rounds (each model once per round)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="seconds of timed rounds per (batch, precision) setting (at least 3 rounds)")
+    p.add_argument("--runs", type=int, default=30, help="timed rounds at most (each model once per round)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--budget-s", type=float, default=120.0,
+                   help="seconds of timed rounds per (batch, precision) setting, at least 3 rounds (default 120)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--name", default=None, help="file stem (default bench_<device>)")
     p.add_argument("--params", default=None, help="YAML file whose settings override the options")
