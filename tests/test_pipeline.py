@@ -56,7 +56,9 @@ def _clone(tmp_path: Path) -> Path:
 
 def _check_reports(reports: Path, figures=FIGURES):
     metrics = json.loads((reports / "metrics.json").read_text())
-    assert {"iou", "niou", "f1", "pd", "fa", "fa_legacy", "provenance", "environment"} <= set(metrics)
+    assert {"iou", "niou", "f1", "pd", "fa", "fa_legacy", "epoch", "selection"} <= set(metrics)
+    details = json.loads((reports / "eval" / "details.json").read_text())
+    assert {"provenance", "environment", "counts"} <= set(details)
     table = (reports / "figures" / "table1.md").read_text()
     assert "DNANet" in table and "(this run)" in table and "| measured |" in table
     assert "| dnanet | measured | NUDT-SIRST | paper |" in table  # untrained baselines carry the paper's IoU
