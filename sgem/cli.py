@@ -64,7 +64,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg[name[4:]] = value
     if args.model_kwargs is not None:
         cfg["model_kwargs"] = json.loads(args.model_kwargs)
-    summary = train(TrainConfig.from_dict(cfg), stop_after_epochs=args.stop_after_epochs)
+    summary = train(TrainConfig.from_dict(cfg), stop_after_epochs=args.stop_after_epochs,
+                    stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -145,6 +146,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-kwargs", default=None, help="JSON object of model constructor arguments")
     p.add_argument("--stop-after-epochs", type=int, default=None,
                    help="return after N epochs of this call (checkpointed); rerun to continue")
+    p.add_argument("--stop-after-minutes", type=float, default=None,
+                   help="return before another epoch would overrun M minutes of this call (checkpointed)")
     aliases = {"data_root": ["--data"], "out_dir": ["--out"]}
     for f in dataclasses.fields(TrainConfig):
         if f.name == "model_kwargs":

@@ -373,12 +373,16 @@ def _maybe_init_distributed(device: torch.device) -> bool:
 
 
 def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = None,
+          stop_after_seconds: float | None = None,
           on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train (or resume) a run; return the final summary.
 
-    ``stop_after_epochs`` ends this call after that many epochs of *this* call (for
-    chunked runs under a time limit); the checkpoint is written before returning.
+    ``stop_after_epochs`` ends this call after that many epochs of *this* call;
+    ``stop_after_seconds`` ends it after the epoch at which one more epoch of the longest
+    length seen so far would overrun that many seconds since the call started. Both are
+    for chunked runs under a time limit; the checkpoint is written before returning.
     """
+    call_start = time.perf_counter()
     from .evaluate import evaluate_model
 
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
@@ -475,6 +479,7 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
             progress = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.model}", unit="epoch")
 
         epochs_this_call = 0
+        longest = 0.0
         epoch = start_epoch
         while epoch < cfg.epochs:
             t0 = time.perf_counter()
@@ -526,7 +531,10 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
                 if ev["iou"] == ev["iou"] and (best["value"] is None or ev["iou"] > best["value"]):
                     best = {"metric": "iou", "split": cfg.eval_split, "value": ev["iou"], "epoch": epoch}
             history.append(row)
-            stop_now = stop_after_epochs is not None and epochs_this_call >= stop_after_epochs
+            longest = max(longest, elapsed)
+            stop_now = ((stop_after_epochs is not None and epochs_this_call >= stop_after_epochs)
+                        or (stop_after_seconds is not None
+                            and time.perf_counter() - call_start + longest > stop_after_seconds))
             if is_main and (epoch % cfg.checkpoint_every == 0 or final or stop_now):
                 save_checkpoint(ckpt_path, make_state(epoch))
             if world > 1:

@@ -256,3 +256,17 @@ def test_baselines_train_with_the_same_engine(tiny_data, tmp_path, name, kwargs)
     assert summary["complete"] and state["config"]["model"] == name
     assert all(np.isfinite(r["train/loss"]) for r in state["history"])
     assert 0.0 <= state["history"][-1]["test/iou"] <= 1.0
+
+
+def test_gpu_path_options_run_on_cpu(tiny_data, tmp_path):
+    """bf16 autocast and channels_last go through the same step code on any device."""
+    summary = train(tiny_cfg(tiny_data, tmp_path, epochs=1, precision="bf16", channels_last=True,
+                             deterministic=False))
+    assert summary["complete"] and np.isfinite(summary["last"]["train/loss"])
+
+
+def test_time_budget_stops_a_call_at_an_epoch_boundary(tiny_data, tmp_path):
+    cfg = tiny_cfg(tiny_data, tmp_path, epochs=50, checkpoint_every=25)
+    summary = train(cfg, stop_after_seconds=0.5)
+    done = load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"]
+    assert not summary["complete"] and 1 <= done < 50 and summary["epochs_done"] == done
