@@ -17,27 +17,14 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from .io import atomic_write_json, atomic_write_text
 from .models import create_model, list_models
-from .profiling import PRECISIONS, count_macs, count_params, environment_info, resolve_device
+from .profiling import (PRECISIONS, count_macs, count_params, environment_info, latency_stats, resolve_device,
+                        time_forward)
 
 REFERENCE = "sgem_unet"
-
-
-def _time_once(model: torch.nn.Module, x: torch.Tensor) -> float:
-    if x.device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        model(x)
-        end.record()
-        torch.cuda.synchronize(x.device)
-        return start.elapsed_time(end)
-    t0 = time.perf_counter()
-    model(x)
-    return (time.perf_counter() - t0) * 1e3
 
 
 def bench(models: Sequence[str] | None = None, *, device: str = "cpu", batches: Sequence[int] = (1, 8),
@@ -69,21 +56,20 @@ def bench(models: Sequence[str] | None = None, *, device: str = "cpu", batches: 
             with torch.inference_mode(), ctx:
                 for n in names:
                     for _ in range(warmup):
-                        _time_once(nets[n], x)
+                        time_forward(nets[n], x)
                 start = time.perf_counter()
                 for r in range(runs):
                     if budget_s is not None and r >= min_runs and time.perf_counter() - start > budget_s:
                         break
                     for n in names:
-                        times[n].append(_time_once(nets[n], x))
+                        times[n].append(time_forward(nets[n], x))
             rows = []
             for n in names:
-                t = np.asarray(times[n])
-                med = float(np.median(t))
+                stats = latency_stats(times[n])
                 rows.append({"model": n, "batch": batch, "precision": precision,
                              "params": complexity[n]["params"], "macs_module": complexity[n]["macs_module"],
-                             "latency_ms_median": med, "latency_ms_p90": float(np.percentile(t, 90)),
-                             "fps": batch / (med / 1e3), "runs": len(t), "warmup": warmup})
+                             "latency_ms_median": stats["median"], "latency_ms_p90": stats["p90"],
+                             "fps": batch / (stats["median"] / 1e3), "runs": len(times[n]), "warmup": warmup})
             ref = next((r["fps"] for r in rows if r["model"] == REFERENCE), None)
             for r in rows:
                 r["fps_ratio_to_sgem_unet"] = r["fps"] / ref if ref else None

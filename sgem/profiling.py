@@ -107,6 +107,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_forward(model: nn.Module, x: torch.Tensor) -> float:
+    """Milliseconds of one ``model(x)``, bracketed by device synchronisation (CUDA events on
+    a GPU, ``perf_counter`` on the CPU)."""
+    if x.device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        model(x)
+        end.record()
+        torch.cuda.synchronize(x.device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    model(x)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def latency_stats(times_ms: list[float]) -> dict[str, float]:
+    arr = np.asarray(times_ms)
+    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)), "mean": float(arr.mean()),
+            "min": float(arr.min()), "std": float(arr.std())}
+
+
 def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 10, runs: int = 50,
                     precision: str = "fp32") -> dict[str, float]:
     """Latency of ``model(x)`` in milliseconds (see the module docstring for the protocol)."""
@@ -117,27 +138,12 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 10, runs
     autocast = (torch.autocast(device_type=device.type, dtype=dtype) if dtype is not None
                 else contextlib.nullcontext())
     model.eval()
-    times: list[float] = []
     with torch.inference_mode(), autocast:
         for _ in range(warmup):
             model(x)
         _sync(device)
-        for _ in range(runs):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                model(x)
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - t0) * 1e3)
-    arr = np.asarray(times)
-    return {"median": float(np.median(arr)), "p90": float(np.percentile(arr, 90)),
-            "mean": float(arr.mean()), "min": float(arr.min()), "std": float(arr.std()),
-            "runs": runs, "warmup": warmup}
+        times = [time_forward(model, x) for _ in range(runs)]
+    return {**latency_stats(times), "runs": runs, "warmup": warmup}
 
 
 def _cpu_name() -> str:

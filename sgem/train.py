@@ -43,6 +43,7 @@ from .data import image_stats, load_split, to_tensors
 from .io import atomic_write, atomic_write_json
 from .losses import SoftIoULoss
 from .models import create_model
+from .profiling import resolve_device  # noqa: F401  (re-exported: sgem.train.resolve_device)
 
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sgem-checkpoint-v1"
@@ -131,15 +132,6 @@ class TrainConfig:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
-    return dev
-
 
 def set_determinism(seed: int, deterministic: bool) -> None:
     random.seed(seed)
