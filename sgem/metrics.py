@@ -131,22 +131,27 @@ class MatchResult:
     n_pred: int
     fa_pixels: int         # area of unmatched predicted components (correct)
     fa_pixels_legacy: int  # "areas not in the matched areas" (the field's old bug)
+    matches: tuple[int, ...] = ()  # for each ground-truth component, its predicted component or -1
 
 
 def match_targets(gt: Components, pred: Components, max_distance: float = 3.0) -> MatchResult:
     """Greedy centroid matching as the field does it (see module docstring)."""
     available = list(range(len(pred.areas)))
     matched: list[int] = []
+    matches: list[int] = []
     for g in gt.centroids:
+        hit = -1
         for pos, j in enumerate(available):
             if float(np.hypot(*(pred.centroids[j] - g))) < max_distance:
+                hit = j
                 matched.append(j)
                 del available[pos]
                 break
+        matches.append(hit)
     fa = int(pred.areas[available].sum()) if available else 0
     matched_areas = set(int(a) for a in pred.areas[matched])
     fa_legacy = int(sum(int(a) for a in pred.areas if int(a) not in matched_areas))
-    return MatchResult(len(gt.areas), len(matched), len(pred.areas), fa, fa_legacy)
+    return MatchResult(len(gt.areas), len(matched), len(pred.areas), fa, fa_legacy, tuple(matches))
 
 
 class _PdFaAccumulator:

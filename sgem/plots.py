@@ -128,19 +128,11 @@ def qualitative_grid(images: Sequence[np.ndarray], masks: Sequence[np.ndarray], 
         axes[k, 2].imshow(probs[k], cmap="magma", vmin=0, vmax=1)
         axes[k, 2].set_title(f"prediction: {res.n_matched} found, {res.n_targets - res.n_matched} missed, "
                              f"{res.n_pred - res.n_matched} false", fontsize=9)
-        matched_pred = set()
-        for g in gt_cc.centroids:
-            hit = None
-            for j, p in enumerate(pr_cc.centroids):
-                if j not in matched_pred and np.hypot(*(p - g)) < 3:
-                    hit = j
-                    break
-            colour = "lime" if hit is not None else "yellow"
-            if hit is not None:
-                matched_pred.add(hit)
+        for g, j in zip(gt_cc.centroids, res.matches):
+            colour = "lime" if j >= 0 else "yellow"
             axes[k, 2].add_patch(plt.Circle((g[1], g[0]), 8, fill=False, color=colour, lw=1.5))
         for j, p in enumerate(pr_cc.centroids):
-            if j not in matched_pred:
+            if j not in res.matches:
                 axes[k, 2].add_patch(plt.Circle((p[1], p[0]), 8, fill=False, color="red", lw=1.5))
         for ax in axes[k]:
             ax.axis("off")
