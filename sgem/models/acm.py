@@ -85,17 +85,31 @@ class FCNHead(nn.Sequential):
                          nn.Dropout(0.1), nn.Conv2d(inter, out_ch, 1))
 
 
-class ACMNet(nn.Module):
+class ResidualBackbone(nn.Module):
+    """The ACM family's encoder (ACM, ALCNet, ISNet): :func:`stem` then three residual
+    stages at 1/4, 1/8 and 1/16 of the input. Subclasses add their decoders."""
+
+    def __init__(self, in_channels: int, layers: Sequence[int], widths: Sequence[int]) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.size_multiple = 16
+        self.stem = stem(in_channels, widths[0])
+        self.layer1, self.layer2, self.layer3 = encoder(layers, widths)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_input(self, x)
+        c1 = self.layer1(self.stem(x))
+        c2 = self.layer2(c1)
+        return c1, c2, self.layer3(c2)
+
+
+class ACMNet(ResidualBackbone):
     """ASKC residual U-Net (see module docstring)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 1, layers: Sequence[int] = (4, 4, 4),
                  widths: Sequence[int] = (8, 16, 32, 64), r: int = 4) -> None:
-        super().__init__()
+        super().__init__(in_channels, layers, widths)
         c = list(widths)
-        self.in_channels = in_channels
-        self.size_multiple = 16
-        self.stem = stem(in_channels, c[0])
-        self.layer1, self.layer2, self.layer3 = encoder(layers, c)
         self.deconv2 = nn.ConvTranspose2d(c[3], c[2], 4, 2, 1)
         self.fuse2 = AsymBiChaFuse(c[2], r)
         self.uplayer2 = _stage(c[2], c[2], layers[1], 1)
@@ -105,11 +119,8 @@ class ACMNet(nn.Module):
         self.head = FCNHead(c[1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(self, x)
         h, w = x.shape[-2:]
-        c1 = self.layer1(self.stem(x))
-        c2 = self.layer2(c1)
-        c3 = self.layer3(c2)
+        c1, c2, c3 = self.encode(x)
         up2 = self.uplayer2(self.fuse2(self.deconv2(c3), c2))
         up1 = self.uplayer1(self.fuse1(self.deconv1(up2), c1))
         return F.interpolate(self.head(up1), size=(h, w), mode="bilinear", align_corners=False)

@@ -24,19 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .acm import AsymBiChaFuse, FCNHead, encoder, stem
-from .blocks import check_input
+from .acm import AsymBiChaFuse, FCNHead, ResidualBackbone
 
 
-class ALCNet(nn.Module):
+class ALCNet(ResidualBackbone):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, layers: Sequence[int] = (4, 4, 4),
                  widths: Sequence[int] = (8, 16, 32, 64), r: int = 4) -> None:
-        super().__init__()
+        super().__init__(in_channels, layers, widths)
         c = list(widths)
-        self.in_channels = in_channels
-        self.size_multiple = 16
-        self.stem = stem(in_channels, c[0])
-        self.layer1, self.layer2, self.layer3 = encoder(layers, c)
         self.deconv2 = nn.ConvTranspose2d(c[3], c[2], 4, 2, 1)
         self.fuse23 = AsymBiChaFuse(c[2], r)
         self.deconv1 = nn.ConvTranspose2d(c[2], c[1], 4, 2, 1)
@@ -45,11 +40,8 @@ class ALCNet(nn.Module):
         self.head = FCNHead(c[0], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input(self, x)
         h, w = x.shape[-2:]
-        c1 = self.layer1(self.stem(x))
-        c2 = self.layer2(c1)
-        out = self.layer3(c2)
+        c1, c2, out = self.encode(x)
         out = self.fuse23(self.deconv2(out), c2)
         out = self.fuse12(self.deconv1(out), c1)
         pred = self.head(self.deconv0(out))

@@ -69,6 +69,18 @@ class UpBlock(nn.Module):
         return self.conv(torch.cat([x, skip], dim=1))
 
 
+class SpatialGate(nn.Module):
+    """Mean and max over channels, one convolution: a one-channel logit map (the spatial
+    attention of CBAM, used by DNANet with a 7x7 kernel and UIU-Net with 3x3)."""
+
+    def __init__(self, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1))
+
+
 def check_input(model: nn.Module, x: torch.Tensor) -> None:
     """Raise a ValueError that says what would work if ``model`` cannot take ``x``.
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_input
+from .blocks import SpatialGate, check_input
 
 
 class ChannelAttention(nn.Module):
@@ -37,13 +37,14 @@ class ChannelAttention(nn.Module):
         return torch.sigmoid(avg + mx)
 
 
-class SpatialAttention(nn.Module):
+class SpatialAttention(SpatialGate):
+    """CBAM's spatial attention: the gate's logits through a sigmoid (7x7 kernel)."""
+
     def __init__(self, kernel_size: int = 7) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
+        super().__init__(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+        return torch.sigmoid(super().forward(x))
 
 
 class ResCBAMBlock(nn.Module):

@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .acm import FCNHead, _stage, encoder, stem
-from .blocks import check_input
+from .acm import FCNHead, ResidualBackbone, _stage
 
 
 class DeformConv2d(nn.Module):
@@ -141,15 +140,11 @@ def gradient_magnitude(x: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(F.conv2d(x0, kv, padding=1) ** 2 + F.conv2d(x0, kh, padding=1) ** 2 + 1e-6)
 
 
-class ISNet(nn.Module):
+class ISNet(ResidualBackbone):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, layers: Sequence[int] = (4, 4, 4),
                  widths: Sequence[int] = (8, 16, 32, 64), shape_width: int = 64) -> None:
-        super().__init__()
+        super().__init__(in_channels, layers, widths)
         c = list(widths)
-        self.in_channels = in_channels
-        self.size_multiple = 16
-        self.stem = stem(in_channels, c[0])
-        self.layer1, self.layer2, self.layer3 = encoder(layers, c)
         self.deconv2 = nn.ConvTranspose2d(c[3], c[2], 4, 2, 1)
         self.ttoa_low = TTOA(c[2])
         self.uplayer2 = _stage(c[2], c[2], layers[1], 1)
@@ -168,12 +163,9 @@ class ISNet(nn.Module):
     edge_weight = 10.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        check_input(self, x)
         size = x.shape[-2:]
         full = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=True)  # noqa: E731
-        c1 = self.layer1(self.stem(x))
-        c2 = self.layer2(c1)
-        c3 = self.layer3(c2)
+        c1, c2, c3 = self.encode(x)
         up2 = self.uplayer2(self.ttoa_low(self.deconv2(c3), c2))
         up1 = self.uplayer1(self.ttoa_high(self.deconv1(up2), c1))
         shape = self.lift(gradient_magnitude(x))

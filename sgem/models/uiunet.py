@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import check_input
+from .blocks import SpatialGate, check_input
 
 
 class ConvBNReLU(nn.Sequential):
@@ -59,17 +59,6 @@ class RSU(nn.Module):
         for conv, skip in zip(self.dec, reversed(skips)):
             h = conv(torch.cat([_resize_like(h, skip), skip], 1))
         return h + hin
-
-
-class SpatialGate(nn.Module):
-    """Mean and max over channels, a 3x3 convolution: one logit map."""
-
-    def __init__(self, kernel_size: int = 3) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1))
 
 
 class CrossAttentionFuse(nn.Module):
