@@ -64,7 +64,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
             cfg[name[4:]] = value
     if args.model_kwargs is not None:
         cfg["model_kwargs"] = json.loads(args.model_kwargs)
-    summary = train(TrainConfig.from_dict(cfg), stop_after_epochs=args.stop_after_epochs,
+    config = TrainConfig.from_dict(cfg)
+    on_epoch_end = None
+    if not config.progress:  # one flushed line per epoch: a log file or a killed command still shows it
+        import time
+
+        t0 = time.perf_counter()
+
+        def on_epoch_end(epoch: int, row: dict) -> None:
+            line = {"epoch": epoch, "of": config.epochs, "elapsed_s": round(time.perf_counter() - t0, 1),
+                    **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items() if k != "epoch"}}
+            print(json.dumps(line), flush=True)
+
+    summary = train(config, stop_after_epochs=args.stop_after_epochs, on_epoch_end=on_epoch_end,
                     stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes)
     print(json.dumps(summary, indent=2))
     return 0
@@ -113,8 +125,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench, to_markdown, write_report
 
     settings = {"models": args.models or None, "device": args.device, "batches": args.batch,
-                "precisions": args.precision, "size": args.size, "channels": args.channels, "runs": args.runs,
-                "warmup": args.warmup, "budget_s": args.budget_s}
+                "precisions": args.precision, "modes": args.mode, "size": args.size, "channels": args.channels,
+                "runs": args.runs, "warmup": args.warmup, "warmup_s": args.warmup_s, "budget_s": args.budget_s}
     if args.params:
         given = _load_params(args.params, args.params_key)
         unknown = sorted(set(given) - set(settings))
@@ -132,7 +144,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .train import export_weights
 
-    print(json.dumps(export_weights(args.checkpoint, args.out, half=not args.fp32), indent=2))
+    result = export_weights(args.checkpoint, args.out, half=not args.fp32)
+    if args.part_mb is not None:
+        from .io import split_into_parts
+
+        result["parts_manifest"] = str(split_into_parts(args.out, int(args.part_mb * 2**20)))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_join(args: argparse.Namespace) -> int:
+    from .io import join_parts
+
+    out = join_parts(args.manifest, args.out)
+    print(f"joined and verified {out}")
     return 0
 
 
@@ -231,7 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--runs", type=int, default=30, help="timed rounds at most (each model once per round)")
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--mode", nargs="+", default=None,
+                   help="precision with optional +cl (channels_last) and +graph (CUDA graph replay), e.g. "
+                        "fp32 bf16+cl bf16+cl+graph (overrides --precision)")
+    p.add_argument("--warmup", type=int, default=2, help="warm-up runs per model, at least")
+    p.add_argument("--warmup-s", type=float, default=0.0,
+                   help="warm-up seconds per setting, at least (e.g. 2 on a GPU, whose clocks ramp up)")
     p.add_argument("--budget-s", type=float, default=120.0,
                    help="seconds of timed rounds per (batch, precision) setting, at least 3 rounds (default 120)")
     p.add_argument("--out-dir", default="reports")
@@ -244,7 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
+    p.add_argument("--part-mb", type=float, default=None,
+                   help="also split the file into parts of at most this many MiB, with a sha256 manifest "
+                        "(OUT.parts.json); `sgem join` rebuilds it")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("join", help="rebuild a file from its parts and verify it (see export --part-mb)")
+    p.add_argument("manifest", help="the .parts.json manifest (parts beside it)")
+    p.add_argument("--out", default=None, help="default: the original name, beside the manifest")
+    p.set_defaults(func=_cmd_join)
 
     p = sub.add_parser("predict", help="masks, probability maps and overlays for images or folders")
     p.add_argument("--checkpoint", required=True)

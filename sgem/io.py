@@ -48,3 +48,62 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- parts
+
+PARTS_FORMAT = "sgem-parts-v1"
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def split_into_parts(path: str | os.PathLike, max_bytes: int) -> Path:
+    """Split a file into ``<name>.partNN`` files of at most ``max_bytes`` each and write
+    ``<name>.parts.json`` (the whole file's and each part's size and sha256) beside it.
+
+    For carrying a file through a channel that limits file sizes; :func:`join_parts`
+    rebuilds and verifies it. Returns the manifest's path."""
+    path = Path(path)
+    if max_bytes < 1:
+        raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
+    data = path.read_bytes()
+    parts = []
+    for n, start in enumerate(range(0, max(len(data), 1), max_bytes)):
+        chunk = data[start:start + max_bytes]
+        part = path.with_name(f"{path.name}.part{n:02d}")
+        atomic_write(part, lambda fh, c=chunk: fh.write(c), binary=True)
+        parts.append({"file": part.name, "bytes": len(chunk), "sha256": _sha256(chunk)})
+    manifest = {"format": PARTS_FORMAT, "file": path.name, "bytes": len(data), "sha256": _sha256(data),
+                "parts": parts}
+    return atomic_write_json(path.with_name(f"{path.name}.parts.json"), manifest)
+
+
+def join_parts(manifest_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Rebuild the file described by a ``.parts.json`` manifest (parts beside it), checking
+    every part's and the whole file's size and sha256; nothing is written unless all match."""
+    manifest_path = Path(manifest_path)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{manifest_path}: cannot read the parts manifest ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != PARTS_FORMAT:
+        raise ValueError(f"{manifest_path}: not a parts manifest (expected format {PARTS_FORMAT!r})")
+    chunks = []
+    for part in manifest["parts"]:
+        p = manifest_path.with_name(part["file"])
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: part missing (listed in {manifest_path.name})")
+        chunk = p.read_bytes()
+        if len(chunk) != part["bytes"] or _sha256(chunk) != part["sha256"]:
+            raise ValueError(f"{p}: part damaged ({len(chunk)} bytes, sha256 {_sha256(chunk)[:12]}...; "
+                             f"expected {part['bytes']} bytes, sha256 {part['sha256'][:12]}...)")
+        chunks.append(chunk)
+    data = b"".join(chunks)
+    if len(data) != manifest["bytes"] or _sha256(data) != manifest["sha256"]:
+        raise ValueError(f"{manifest_path}: the joined file does not match the manifest's size and sha256")
+    target = Path(out) if out is not None else manifest_path.with_name(manifest["file"])
+    return atomic_write(target, lambda fh: fh.write(data), binary=True)

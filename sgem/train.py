@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,8 +49,11 @@ from .profiling import resolve_device  # noqa: F401  (re-exported: sgem.train.re
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "sgem-checkpoint-v1"
 # keys that may differ between the run that wrote a checkpoint and the run resuming it
+# (how a step is computed is not what is trained: precision, layout, compilation and graph
+# capture may change between chunks of one run)
 RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "eval_every", "progress",
-                         "dvclive", "num_threads", "on_config_change"}
+                         "dvclive", "num_threads", "on_config_change", "precision", "channels_last", "compile",
+                         "cuda_graph"}
 
 
 @dataclass
@@ -84,6 +88,7 @@ class TrainConfig:
     precision: str = "fp32"          # fp32 | bf16 (autocast)
     channels_last: bool = False
     compile: bool = False
+    cuda_graph: bool = False         # CUDA only: capture forward+loss+backward as one CUDA graph
     checkpoint_every: int = 10
     eval_every: int = 0              # evaluate on eval_split every N epochs (0: only at the end)
     progress: bool = True
@@ -151,11 +156,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
 
 
-def build_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: TrainConfig, params, *, fused: bool = False) -> torch.optim.Optimizer:
+    """``fused`` (CUDA): Adam/AdamW update every parameter in one kernel launch; the
+    arithmetic is Adam's, only the launches differ."""
+    fused_kw = {"fused": True} if fused else {}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_kw)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused_kw)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -171,40 +179,75 @@ def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim
 
 
 class DeviceData:
-    """A split resident on the device: images (1,H,W) float32 in [0,1], masks uint8."""
+    """A split resident on the device: images (1,H,W) float32 in [0,1], masks uint8.
+
+    Batches are assembled by one vectorised gather over a stacked copy of the split (no
+    per-sample Python loop, a fixed number of device operations per batch, whatever
+    the batch size): the host stays out of the way of a fast GPU, and a CUDA-graph
+    step only needs the gathered batch copied into its static input.
+    """
 
     def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], device: torch.device) -> None:
-        self.images, self.masks = to_tensors(images, masks, device)
+        imgs, msks = to_tensors(images, masks, device)
         self.device = device
+        self.sizes = torch.tensor([list(im.shape[-2:]) for im in imgs], dtype=torch.long, device=device)
+        self._lists = (imgs, msks)
+        self._stack: tuple[tuple[int, float], torch.Tensor, torch.Tensor] | None = None
+        self._hw = (0, 0)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.sizes)
+
+    def _stacked(self, crop: int, pad_value: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and masks flattened to (N * H * W,), each padded at the bottom and right
+        to a common (H, W) >= crop: images with ``pad_value``, masks with 0 (what cropping
+        one image would pad). Built once per (crop, pad_value)."""
+        key = (crop, float(pad_value))
+        if self._stack is None or self._stack[0] != key:
+            self._stack = None  # free the old copy first
+            imgs, msks = self._lists
+            H = max(crop, int(self.sizes[:, 0].max()))
+            W = max(crop, int(self.sizes[:, 1].max()))
+            si = torch.full((len(imgs), H, W), float(pad_value), dtype=torch.float32, device=self.device)
+            sm = torch.zeros((len(imgs), H, W), dtype=torch.uint8, device=self.device)
+            for i, (im, m) in enumerate(zip(imgs, msks)):
+                h, w = im.shape[-2:]
+                si[i, :h, :w] = im[0]
+                sm[i, :h, :w] = m[0]
+            self._hw = (H, W)
+            self._stack = (key, si.view(-1), sm.view(-1))
+        return self._stack[1], self._stack[2]
 
     def batch(self, idx: list[int], crop: int, gen: torch.Generator, augment: str, pad_value: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random crops (padded with ``pad_value`` where an image is smaller) and flips."""
-        r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).tolist()
-        xs, ys = [], []
-        for i, (ry, rx, f1, f2, f3) in zip(idx, r):
-            img, msk = self.images[i], self.masks[i]
-            h, w = img.shape[-2:]
-            if h < crop or w < crop:
-                ph, pw = max(0, crop - h), max(0, crop - w)
-                img = torch.nn.functional.pad(img, (0, pw, 0, ph), value=pad_value)
-                msk = torch.nn.functional.pad(msk, (0, pw, 0, ph), value=0)
-                h, w = img.shape[-2:]
-            oy, ox = ry % (h - crop + 1), rx % (w - crop + 1)
-            img, msk = img[:, oy:oy + crop, ox:ox + crop], msk[:, oy:oy + crop, ox:ox + crop]
-            if augment == "flip":
-                if f1 % 2:
-                    img, msk = img.flip(-1), msk.flip(-1)
-                if f2 % 2:
-                    img, msk = img.flip(-2), msk.flip(-2)
-                if f3 % 2:
-                    img, msk = img.transpose(-1, -2), msk.transpose(-1, -2)
-            xs.append(img)
-            ys.append(msk)
-        return torch.stack(xs), torch.stack(ys).float()
+        """Random crops (padded with ``pad_value`` where an image is smaller) and flips.
+
+        Per sample, five integers are drawn from ``gen`` (crop row, crop column, then
+        horizontal flip, vertical flip and transpose, each applied when odd), in that
+        order; the crop offset is taken modulo the valid range of that image.
+        """
+        images, masks = self._stacked(crop, pad_value)
+        r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).to(self.device, non_blocking=True)
+        sel = torch.as_tensor(idx, dtype=torch.long).to(self.device, non_blocking=True)
+        hw = self.sizes[sel].clamp(min=crop)
+        oy = r[:, 0] % (hw[:, 0] - crop + 1)
+        ox = r[:, 1] % (hw[:, 1] - crop + 1)
+        a = torch.arange(crop, device=self.device)
+        if augment == "flip":
+            flip = (r[:, 2:5] % 2).bool()
+        else:
+            flip = torch.zeros((len(idx), 3), dtype=torch.bool, device=self.device)
+        # patch[i, j] = image[rows[i], cols[j]]; a transpose swaps the roles of i and j
+        rows = oy[:, None] + torch.where(flip[:, 1:2], crop - 1 - a, a)   # (B, crop)
+        cols = ox[:, None] + torch.where(flip[:, 0:1], crop - 1 - a, a)
+        t = flip[:, 2, None, None]
+        rr = torch.where(t, rows[:, None, :], rows[:, :, None])          # (B, crop, crop)
+        cc = torch.where(t, cols[:, :, None], cols[:, None, :])
+        H, W = self._hw
+        flat = sel[:, None, None] * (H * W) + rr * W + cc
+        x = images[flat].unsqueeze(1)
+        y = masks[flat].unsqueeze(1)
+        return x, y.float()
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -277,6 +320,109 @@ def export_weights(checkpoint: str | Path, out: str | Path, *, half: bool = True
             "weights_dtype": slim["weights_dtype"]}
 
 
+# ----------------------------------------------------------------------------- the step
+
+class StepRunner:
+    """One optimisation step on a batch: eager, or with forward, loss and backward
+    captured once as a CUDA graph and replayed.
+
+    Graph mode (``cuda_graph=True``, CUDA only) follows PyTorch's whole-network capture
+    recipe: ``warmup`` eager steps on a side stream (cuDNN picks its algorithms, the
+    optimizer creates its state), then one capture into static input/target buffers;
+    every later step copies the batch into those buffers, replays the graph (one launch
+    instead of hundreds) and calls the optimizer eagerly (fused Adam: a few launches), so
+    the learning-rate schedule and the optimizer's state dict are exactly as in eager
+    mode. The gradients live in the graph's memory pool and are overwritten by each
+    replay, so ``zero_grad`` is never called after capture. Anything the capture cannot
+    handle (a model with a host synchronisation, an old driver) makes the runner fall
+    back to eager steps for the rest of the run, with the reason in ``fallback``.
+    """
+
+    def __init__(self, net: nn.Module, model: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, *,
+                 device: torch.device, autocast_dtype: torch.dtype | None, cuda_graph: bool,
+                 warmup: int = 3, log: Callable[[str], None] | None = None) -> None:
+        self.net, self.model, self.criterion, self.opt = net, model, criterion, opt
+        self.device, self.dtype = device, autocast_dtype
+        self.model_loss = getattr(model, "training_loss", None)
+        self.warmup = warmup
+        self.log = log or (lambda msg: warnings.warn(msg, stacklevel=3))
+        self.mode = "eager"
+        self.fallback: str | None = None
+        if cuda_graph:
+            if device.type != "cuda":
+                self.fallback = f"cuda_graph needs a CUDA device (training on {device.type}); eager steps"
+            elif isinstance(net, nn.parallel.DistributedDataParallel):
+                self.fallback = "cuda_graph is not used with several processes (DDP); eager steps"
+            else:
+                self.mode = "graph"
+            if self.fallback:
+                self.log(self.fallback)
+        self._warm = 0
+        self._graph: Any = None
+        self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None,
+                            cache_enabled=cache):
+            logits = self.net(x)
+        if self.model_loss is not None:  # a model's own loss (e.g. ISNet's edge term)
+            return self.model_loss(logits, y, self.criterion)
+        if isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads
+            return sum(self.criterion(o.float(), y) for o in logits) / len(logits)
+        return self.criterion(logits.float(), y)
+
+    def _eager(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
+        loss = self._loss(x, y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        acc += loss.detach()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
+        """Train on (x, y) and add the batch's loss to ``acc`` (a device scalar)."""
+        if self.mode == "eager":
+            return self._eager(x, y, acc)
+        if self._graph is not None:
+            sx, sy, sloss = self._static  # type: ignore[misc]
+            sx.copy_(x)
+            sy.copy_(y)
+            self._graph.replay()
+            self.opt.step()
+            acc += sloss
+            return None
+        if self._warm < self.warmup:
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                self._eager(x, y, acc)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self._warm += 1
+            return None
+        try:
+            self._capture(x, y)
+        except Exception as exc:  # noqa: BLE001 (any failure: train on, eagerly)
+            self._graph, self._static, self.mode = None, None, "eager"
+            self.fallback = f"CUDA graph capture failed ({type(exc).__name__}: {str(exc).splitlines()[0][:300]}); " \
+                            f"eager steps from here on"
+            self.log(self.fallback)
+            torch.cuda.synchronize(self.device)
+            return self._eager(x, y, acc)
+        return self(x, y, acc)  # the capture computed nothing: replay it on this batch
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        sx, sy = x.clone(), y.clone()
+        self.opt.zero_grad(set_to_none=True)  # gradients are allocated inside the graph's pool
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            sloss = self._loss(sx, sy, cache=False)
+            sloss.backward()
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if missing:
+            raise RuntimeError(f"no gradient captured for {missing[:3]}")
+        self._graph, self._static = graph, (sx, sy, sloss.detach())
+
+
 # ----------------------------------------------------------------------------- logging
 
 class _Logger:
@@ -310,12 +456,13 @@ class _Logger:
                 self.live.log_metric(key, value)
         self.live.next_step()
 
-    def log(self, row: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    def log(self, row: dict[str, Any], history: list[dict[str, Any]], *, write_history: bool = True) -> None:
         if not self.is_main:
             return
         if self.live is not None:
             self._log(row)
-        atomic_write_json(self.out_dir / "history.json", history)
+        if write_history:
+            atomic_write_json(self.out_dir / "history.json", history)
 
     def close(self) -> None:
         if self.live is not None:
@@ -366,8 +513,12 @@ def _maybe_init_distributed(device: torch.device) -> bool:
 
 def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = None,
           stop_after_seconds: float | None = None,
-          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train (or resume) a run; return the final summary.
+
+    ``log`` receives one-line notices (a CUDA-graph fallback, say); by default they are
+    printed to stderr at once.
 
     ``stop_after_epochs`` ends this call after that many epochs of *this* call;
     ``stop_after_seconds`` ends it after the epoch at which one more epoch of the longest
@@ -376,6 +527,10 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
     """
     call_start = time.perf_counter()
     from .evaluate import evaluate_model
+
+    if log is None:
+        def log(msg: str) -> None:
+            print(f"sgem train: {msg}", file=sys.stderr, flush=True)
 
     cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
     cfg.validate()
@@ -402,8 +557,11 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
         data = DeviceData(images, masks, device)
         del images, masks
 
-        model = create_model(cfg.model, **cfg.model_kwargs)
-        opt = build_optimizer(cfg, model.parameters())
+        model = create_model(cfg.model, **cfg.model_kwargs).to(device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        fused = device.type == "cuda" and cfg.optimizer in ("adam", "adamw")
+        opt = build_optimizer(cfg, model.parameters(), fused=fused)
         sched = build_scheduler(cfg, opt)
         start_epoch, history, best = 0, [], {"metric": "iou", "split": cfg.eval_split, "value": None,
                                              "epoch": None}
@@ -426,23 +584,17 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
             start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
             _restore_rng(state["rng"])
             mean, std = state["normalization"]["mean"], state["normalization"]["std"]
+            _match_optimizer_to_params(opt, fused)
 
-        model.to(device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        # the optimizer's state follows the parameters to the device
-        for st in opt.state.values():
-            for k, v in st.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    st[k] = v.to(device)
         net: nn.Module = model
         if world > 1:
             net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                       else None)
         step_fn = torch.compile(net) if cfg.compile else net
         criterion = SoftIoULoss(smooth=cfg.loss_smooth, reduction=cfg.loss_reduction)
-        model_loss = getattr(model, "training_loss", None)
         autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        runner = StepRunner(step_fn, model, criterion, opt, device=device, autocast_dtype=autocast_dtype,
+                            cuda_graph=cfg.cuda_graph, log=log)
         norm_mean = torch.tensor(mean, device=device)
         norm_std = torch.tensor(std, device=device)
 
@@ -486,18 +638,7 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
                 x = (x - norm_mean) / norm_std
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    logits = step_fn(x)
-                if model_loss is not None:  # a model's own loss (e.g. ISNet's edge term)
-                    loss = model_loss(logits, y, criterion)
-                elif isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads
-                    loss = sum(criterion(o.float(), y) for o in logits) / len(logits)
-                else:
-                    loss = criterion(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
+                runner(x, y, loss_sum)
             lr = opt.param_groups[0]["lr"]
             sched.step()
             if world > 1:
@@ -527,11 +668,14 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
             stop_now = ((stop_after_epochs is not None and epochs_this_call >= stop_after_epochs)
                         or (stop_after_seconds is not None
                             and time.perf_counter() - call_start + longest > stop_after_seconds))
-            if is_main and (epoch % cfg.checkpoint_every == 0 or final or stop_now):
+            checkpoint_now = epoch % cfg.checkpoint_every == 0 or final or stop_now
+            if is_main and checkpoint_now:
                 save_checkpoint(ckpt_path, make_state(epoch))
             if world > 1:
                 dist.barrier()
-            logger.log(row, history)
+            # history.json is rewritten with each checkpoint, so it says what the checkpoint
+            # holds (rewriting it every epoch costs a long GPU run minutes of fsyncs)
+            logger.log(row, history, write_history=checkpoint_now)
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{train_loss:.4f}")
@@ -543,6 +687,7 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
             progress.close()
         logger.close()
         summary = {"epochs_done": epoch, "epochs": cfg.epochs, "complete": epoch >= cfg.epochs,
+                   "step_mode": runner.mode, "step_fallback": runner.fallback,
                    "checkpoint": str(ckpt_path), "last": history[-1] if history else None, "best": best}
         if is_main:
             atomic_write_json(out_dir / "train_summary.json", summary)
@@ -551,6 +696,29 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
         torch.use_deterministic_algorithms(was_deterministic)
         if started_dist:
             dist.destroy_process_group()
+
+
+def _match_optimizer_to_params(opt: torch.optim.Optimizer, fused: bool) -> None:
+    """After loading a saved optimizer state (which may come from another device, layout
+    or fused setting): the flags are this run's, every state tensor has its parameter's
+    device and memory layout, and Adam's step counter is where the fused kernel wants it
+    (the parameter's device) or where the plain one does (the CPU)."""
+    for group in opt.param_groups:
+        if "fused" in group:
+            group["fused"] = fused or None
+            if fused:
+                group["foreach"] = None
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            for k, v in list(st.items()):
+                if not isinstance(v, torch.Tensor):
+                    continue
+                if k == "step":
+                    st[k] = v.to(device=p.device if fused else "cpu", dtype=torch.float32)
+                elif v.shape == p.shape:
+                    st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+                else:
+                    st[k] = v.to(p.device)
 
 
 def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> str:

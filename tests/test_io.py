@@ -26,3 +26,39 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_parts_split_and_rejoin_to_identical_bytes(tmp_path):
+    import json
+
+    import pytest
+
+    from sgem.io import join_parts, split_into_parts
+
+    data = bytes(range(256)) * 1000 + b"tail"
+    src = tmp_path / "w.pt"
+    src.write_bytes(data)
+    manifest = split_into_parts(src, 100_000)
+    parts = json.loads(manifest.read_text())["parts"]
+    assert len(parts) == 3 and all(p["bytes"] <= 100_000 for p in parts)
+    out = join_parts(manifest, tmp_path / "joined.pt")
+    assert out.read_bytes() == data
+    # a damaged or missing part is named and nothing is written
+    good = (tmp_path / parts[1]["file"]).read_bytes()
+    (tmp_path / parts[1]["file"]).write_bytes(b"x" * parts[1]["bytes"])
+    with pytest.raises(ValueError, match=r"w\.pt\.part01: part damaged"):
+        join_parts(manifest, tmp_path / "again.pt")
+    (tmp_path / parts[1]["file"]).write_bytes(good)
+    (tmp_path / parts[2]["file"]).unlink()
+    with pytest.raises(FileNotFoundError, match="part02: part missing"):
+        join_parts(manifest, tmp_path / "again.pt")
+    assert not (tmp_path / "again.pt").exists()
+
+
+def test_join_cli_refuses_a_file_that_is_not_a_manifest(tmp_path, capsys):
+    from sgem.cli import main
+
+    bad = tmp_path / "x.parts.json"
+    bad.write_text("{}")
+    assert main(["join", str(bad)]) == 2
+    assert "not a parts manifest" in capsys.readouterr().err

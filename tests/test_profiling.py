@@ -94,3 +94,43 @@ def test_bench_interleaves_every_model_and_writes_reports(tmp_path, capsys):
 def test_baselines_explain_bad_sizes_when_profiled(name):
     with pytest.raises(ValueError, match="multiples of 16"):
         profile_model(name, size=250, timing=False)
+
+
+def test_bench_modes_channels_last_and_time_based_warmup(tmp_path):
+    from sgem.bench import bench
+
+    r = bench(["sgem_unet", "acm"], device="cpu", batches=[1], modes=["fp32", "fp32+cl"], size=32, runs=2,
+              warmup=1, warmup_s=0.2)
+    rows = r["results"]
+    assert [(x["model"], x["mode"]) for x in rows] == [("sgem_unet", "fp32"), ("acm", "fp32"),
+                                                       ("sgem_unet", "fp32+cl"), ("acm", "fp32+cl")]
+    assert all(x["channels_last"] == (x["mode"] == "fp32+cl") and x["runs"] == 2 for x in rows)
+    assert all(x["warmup_runs"] >= 1 for x in rows) and r["warmup_s"] == 0.2
+
+
+@pytest.mark.parametrize("mode,msg", [("fp8", "expected a precision"), ("bf16+cl+cl", "expected a precision"),
+                                      ("fp32+graph", "needs a CUDA device")])
+def test_bench_bad_modes_are_explained(mode, msg):
+    from sgem.bench import bench
+
+    with pytest.raises(ValueError, match=msg):
+        bench(["acm"], device="cpu", modes=[mode], size=32, runs=1)
+
+
+def test_bench_times_without_ptflops(monkeypatch):
+    """ptflops is optional for timing: MACs are then null, the timing is still there."""
+    import builtins
+
+    from sgem.bench import bench, to_markdown
+
+    real_import = builtins.__import__
+
+    def no_ptflops(name, *args, **kwargs):
+        if name.startswith("ptflops"):
+            raise ImportError("No module named 'ptflops'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ptflops)
+    r = bench(["acm"], device="cpu", batches=[1], size=32, runs=1, warmup=0)
+    assert r["results"][0]["macs_module"] is None and r["results"][0]["fps"] > 0
+    assert "| acm | 1 | fp32 |" in to_markdown(r)

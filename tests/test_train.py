@@ -270,3 +270,79 @@ def test_time_budget_stops_a_call_at_an_epoch_boundary(tiny_data, tmp_path):
     summary = train(cfg, stop_after_seconds=0.5)
     done = load_checkpoint(tmp_path / CHECKPOINT_NAME)["epoch"]
     assert not summary["complete"] and 1 <= done < 50 and summary["epochs_done"] == done
+
+
+@pytest.mark.parametrize("change", [dict(precision="bf16"), dict(channels_last=True), dict(cuda_graph=True),
+                                    pytest.param(dict(compile=True), marks=pytest.mark.slow)])
+def test_step_settings_resume_instead_of_restarting(tiny_data, tmp_path, change):
+    """How a step is computed may change between chunks of one run (on_config_change=error
+    would refuse any other difference)."""
+    if change.get("compile"):
+        pytest.importorskip("torch._inductor")
+    train(tiny_cfg(tiny_data, tmp_path, epochs=2, on_config_change="error", deterministic=False),
+          stop_after_epochs=1)
+    summary = train(tiny_cfg(tiny_data, tmp_path, epochs=2, on_config_change="error", deterministic=False,
+                             **change))
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert summary["complete"] and summary["epochs_done"] == 2 and len(state["history"]) == 2
+    assert not (tmp_path / "checkpoint.previous.pt").exists()
+
+
+def test_cuda_graph_without_cuda_falls_back_and_says_why(tiny_data, tmp_path):
+    notices = []
+    summary = train(tiny_cfg(tiny_data, tmp_path, epochs=1, cuda_graph=True), log=notices.append)
+    assert summary["complete"] and summary["step_mode"] == "eager"
+    assert any("cuda_graph needs a CUDA device" in n for n in notices) and summary["step_fallback"]
+
+
+def test_fused_optimizer_state_matches_its_parameters_after_resume():
+    """A state saved by plain Adam (CPU, contiguous) loads into fused Adam over
+    channels_last parameters: every state tensor takes its parameter's layout, the step
+    counter its device, and an update then equals plain Adam's."""
+    from sgem.train import _match_optimizer_to_params, build_optimizer
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    cfg = TrainConfig(data_root="x", lr=1e-2)
+    plain = build_optimizer(cfg, conv.parameters())
+    conv(torch.randn(2, 3, 8, 8)).sum().backward()
+    plain.step()
+    import copy
+
+    saved = copy.deepcopy(plain.state_dict())  # as read back from a checkpoint file
+
+    twin = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    twin.load_state_dict(conv.state_dict())
+    fused = build_optimizer(cfg, twin.parameters(), fused=True)
+    fused.load_state_dict(saved)
+    _match_optimizer_to_params(fused, fused=True)
+    for p in twin.parameters():
+        st = fused.state[p]
+        assert st["exp_avg"].stride() == p.stride() and st["exp_avg_sq"].stride() == p.stride()
+        assert st["step"].device == p.device and st["step"].dtype == torch.float32
+    assert fused.param_groups[0]["fused"] is True
+
+    x = torch.randn(2, 3, 8, 8)
+    for m, opt in ((conv, plain), (twin, fused)):
+        opt.zero_grad()
+        m(x).sum().backward()
+        opt.step()
+    assert torch.allclose(conv.weight, twin.weight, atol=1e-6) and torch.allclose(conv.bias, twin.bias, atol=1e-6)
+
+
+def test_no_progress_prints_one_flushed_line_per_epoch(tiny_data, tmp_path, capsys):
+    assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path), "--epochs", "2", "--batch-size", "4",
+                 "--crop-size", "32", "--model-kwargs", json.dumps(TINY_MODEL), "--no-progress",
+                 "--no-dvclive", "--num-threads", "1"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith('{"epoch"')]
+    assert [x["epoch"] for x in lines] == [1, 2] and all("train/images_per_s" in x for x in lines)
+
+
+def test_history_is_written_with_each_checkpoint(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path, epochs=3, checkpoint_every=2), stop_after_epochs=1)
+    # stop_now writes a checkpoint and the history with it
+    assert len(json.loads((tmp_path / "history.json").read_text())) == 1
+    train(tiny_cfg(tiny_data, tmp_path, epochs=3, checkpoint_every=2))
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2, 3] == [r["epoch"] for r in load_checkpoint(
+        tmp_path / CHECKPOINT_NAME)["history"]]

@@ -1,0 +1,87 @@
+"""The vectorised batch sampler draws exactly the crops and flips of the per-sample loop
+it replaced, for the same generator state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sgem.train import DeviceData
+
+
+def reference_batch(images, masks, idx, crop, gen, augment, pad_value):
+    """The previous per-sample implementation, kept verbatim as the specification."""
+    r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).tolist()
+    xs, ys = [], []
+    for i, (ry, rx, f1, f2, f3) in zip(idx, r):
+        img, msk = images[i], masks[i]
+        h, w = img.shape[-2:]
+        if h < crop or w < crop:
+            ph, pw = max(0, crop - h), max(0, crop - w)
+            img = torch.nn.functional.pad(img, (0, pw, 0, ph), value=pad_value)
+            msk = torch.nn.functional.pad(msk, (0, pw, 0, ph), value=0)
+            h, w = img.shape[-2:]
+        oy, ox = ry % (h - crop + 1), rx % (w - crop + 1)
+        img, msk = img[:, oy:oy + crop, ox:ox + crop], msk[:, oy:oy + crop, ox:ox + crop]
+        if augment == "flip":
+            if f1 % 2:
+                img, msk = img.flip(-1), msk.flip(-1)
+            if f2 % 2:
+                img, msk = img.flip(-2), msk.flip(-2)
+            if f3 % 2:
+                img, msk = img.transpose(-1, -2), msk.transpose(-1, -2)
+        xs.append(img)
+        ys.append(msk)
+    return torch.stack(xs), torch.stack(ys).float()
+
+
+def _split(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    images = [rng.random(s, dtype=np.float32) for s in sizes]
+    masks = [rng.random(s) > 0.7 for s in sizes]
+    return images, masks
+
+
+@pytest.mark.parametrize("augment", ["flip", "none"])
+@pytest.mark.parametrize("sizes,crop", [
+    ([(32, 32)] * 6, 32),                                   # crop = image: offsets 0, flips only
+    ([(48, 40), (40, 48), (64, 64), (33, 70), (40, 40)], 32),  # mixed sizes, all larger
+    ([(20, 50), (50, 20), (16, 16), (48, 48)], 32),           # smaller than the crop: padded
+])
+def test_vectorised_batch_equals_per_sample_loop(sizes, crop, augment):
+    images, masks = _split(sizes)
+    data = DeviceData(images, masks, torch.device("cpu"))
+    ref_imgs = [torch.from_numpy(im).unsqueeze(0) for im in images]
+    ref_msks = [torch.from_numpy(m.astype(np.uint8)).unsqueeze(0) for m in masks]
+    for epoch in range(4):
+        g1 = torch.Generator().manual_seed(100 + epoch)
+        g2 = torch.Generator().manual_seed(100 + epoch)
+        perm = torch.randperm(len(images), generator=g1).tolist()
+        assert perm == torch.randperm(len(images), generator=g2).tolist()
+        for s in range(0, len(perm), 3):
+            idx = perm[s:s + 3]
+            x, y = data.batch(idx, crop, g1, augment, pad_value=0.25)
+            rx, ry = reference_batch(ref_imgs, ref_msks, idx, crop, g2, augment, pad_value=0.25)
+            assert x.dtype == rx.dtype and y.dtype == ry.dtype
+            assert torch.equal(x, rx)
+            assert torch.equal(y, ry)
+    # the generators were consumed identically
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_flips_and_transposes_all_occur():
+    """Guards against a sampler that ignores the flip bits (it would still match for crop=image
+    if both implementations ignored them; here the reference decides)."""
+    images, masks = _split([(16, 16)] * 4, seed=3)
+    data = DeviceData(images, masks, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        x, _ = data.batch([0], 16, g, "flip", pad_value=0.0)
+        base = torch.from_numpy(images[0])
+        for name, t in {"id": base, "h": base.flip(-1), "v": base.flip(-2), "t": base.T,
+                        "hv": base.flip(-1).flip(-2)}.items():
+            if torch.equal(x[0, 0], t):
+                seen.add(name)
+    assert {"id", "h", "v", "t"} <= seen

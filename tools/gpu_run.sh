@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The paper-scale run on a remote GPU machine whose commands have a time limit and whose
+# files come back only through an output folder (docs/gpu.md). Run from the repository
+# root, with the machine's own python (torch, numpy, scipy, pillow, pyyaml, tqdm); sgem
+# is used from this checkout, not installed.
+#
+#   tools/gpu_run.sh start   DATA RUN [DEADLINE_S [RETURN_S]]
+#       smoke check and throughput probe (tools/gpu_check.py), then the whole job as one
+#       detached process (setsid): train, export, speed bench. DEADLINE_S (default:
+#       none) is when, in seconds from now, the job must have finished everything: the
+#       number of epochs is then the paper's 1500 if they fit at the measured speed, else
+#       as many as fit (a complete cosine schedule over fewer epochs, recorded as such).
+#       The command returns after RETURN_S seconds (default 540), leaving copies of the
+#       log and of the latest weights in $OUT.
+#   tools/gpu_run.sh collect RUN [WAIT_S]
+#       wait (at most WAIT_S seconds, default 540) for the job to finish, then copy the
+#       results to $OUT: job.log, results.tar.gz (check, history, summary, bench, part
+#       manifests) and the weights in parts of at most 15 MiB (`sgem join` rebuilds them).
+#   tools/gpu_run.sh job ...   (internal: what `start` runs detached)
+#
+# Without $OUT (a GPU box of your own) the results stay in RUN/final.
+set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+DEVICE=${DEVICE:-cuda}  # cpu only to dry-run this script
+BENCH_MODES=${BENCH_MODES:-fp32 fp32+cl bf16 bf16+cl fp32+graph bf16+cl+graph}
+EPOCHS_PAPER=1500
+TRAIN_IMAGES=663      # NUDT-SIRST's official train split; the check counts the real number
+BENCH_S=55            # the speed bench after training, if it fits
+POST_S=20             # exports and packing after training
+
+say() { echo "[gpu_run $(date +%H:%M:%S)] $*"; }
+
+copy_out() {  # copy what exists to $OUT (never fails the command)
+    local run=$1
+    [ -n "${OUT:-}" ] || return 0
+    cp -f "$run/job.log" "$OUT/" 2>/dev/null
+    local files=()
+    for f in check.json check.log train/history.json train/train_summary.json final/bench_cuda.json \
+             final/bench_cuda.md final/sgem_unet_fp16.pt.parts.json final/sgem_unet_fp32.pt.parts.json \
+             final/nvidia-smi.txt final/plan.json; do
+        [ -f "$run/$f" ] && files+=("$f")
+    done
+    [ ${#files[@]} -gt 0 ] && tar -czf "$OUT/results.tar.gz" -C "$run" "${files[@]}"
+    for p in "$run"/final/*.part??; do [ -f "$p" ] && cp -f "$p" "$OUT/"; done
+    return 0
+}
+
+cmd=${1:?usage: tools/gpu_run.sh start DATA RUN [DEADLINE_S [RETURN_S]] | collect RUN [WAIT_S]}
+shift
+case "$cmd" in
+start)
+    data=${1:?dataset root}; run=${2:?run directory}; deadline=${3:-0}; ret=${4:-540}
+    t0=$(date +%s)
+    mkdir -p "$run/final"
+    nvidia-smi > "$run/final/nvidia-smi.txt" 2>&1
+    say "smoke check and throughput probe"
+    $PY -u tools/gpu_check.py "$data" "$run/check.json" --device "$DEVICE" --probe-steps "${PROBE_STEPS:-40}" 2>&1 | tee "$run/check.log"
+    [ -f "$run/check.json" ] || { say "check wrote nothing: stopping"; copy_out "$run"; exit 1; }
+    plan=$($PY - "$run/check.json" "$deadline" "$(( $(date +%s) - t0 ))" <<'EOF'
+import json, math, sys
+check = json.load(open(sys.argv[1]))
+deadline, spent = float(sys.argv[2]), float(sys.argv[3])
+if not check.get("images_per_s"):
+    print("FAIL", "-", "-", "-"); sys.exit()
+ips, n = check["images_per_s"], check.get("train_images", 663)
+epoch_s = n / ips / 0.93          # 7 % for evaluation, checkpoints and the host's share
+if deadline <= 0:
+    print(1500, 0, int(check["cuda_graph"]), 1); sys.exit()
+left = deadline - spent - 15 - 20  # launch, final evaluation; exports and packing
+fit = math.floor(left / epoch_s)
+if fit >= 1500:
+    bench = int(left - 1500 * epoch_s >= 55)
+    print(1500, round(left / 60, 2), int(check["cuda_graph"]), bench)
+else:
+    fit = max(1, math.floor((left - 55) / epoch_s))
+    print(fit, round((left - 55) / 60, 2), int(check["cuda_graph"]), 1)
+EOF
+)
+    read -r epochs minutes graph bench <<< "$plan"
+    if [ "$epochs" = FAIL ]; then say "the check measured no usable step: stopping"; copy_out "$run"; exit 1; fi
+    echo "{\"epochs\": $epochs, \"stop_after_minutes\": $minutes, \"cuda_graph\": $graph, \"bench\": $bench," \
+         "\"deadline_s\": $deadline}" > "$run/final/plan.json"
+    say "plan: $(cat "$run/final/plan.json")"
+    setsid nohup bash tools/gpu_run.sh job "$data" "$run" "$epochs" "$minutes" "$graph" "$bench" \
+        > "$run/job.log" 2>&1 < /dev/null &
+    say "job started (pid $!); log: $run/job.log"
+    while [ $(( $(date +%s) - t0 )) -lt "$ret" ] && [ ! -f "$run/DONE" ]; do sleep 5; done
+    tail -n 3 "$run/job.log"
+    if [ ! -f "$run/DONE" ] && [ -f "$run/train/checkpoint.pt" ] && [ -n "${OUT:-}" ]; then
+        say "insurance: fp16 weights of the latest checkpoint"
+        $PY -m sgem export --checkpoint "$run/train/checkpoint.pt" --out "$run/final/latest_fp16.pt" --part-mb 15 \
+            > /dev/null && cp -f "$run"/final/latest_fp16.pt.part?? "$run/final/latest_fp16.pt.parts.json" "$OUT/"
+    fi
+    copy_out "$run"
+    ;;
+collect)
+    run=${1:?run directory}; wait_s=${2:-540}
+    t0=$(date +%s)
+    while [ ! -f "$run/DONE" ] && [ $(( $(date +%s) - t0 )) -lt "$wait_s" ]; do
+        copy_out "$run"; sleep 10
+    done
+    [ -f "$run/DONE" ] && say "job finished" || say "job still running after ${wait_s}s"
+    tail -n 25 "$run/job.log"
+    copy_out "$run"
+    ;;
+job)
+    data=$1; run=$2; epochs=$3; minutes=$4; graph=$5; bench=$6
+    stop=(); [ "$minutes" != 0 ] && stop=(--stop-after-minutes "$minutes")
+    gflag=--no-cuda-graph; [ "$graph" = 1 ] && gflag=--cuda-graph
+    say "train: $epochs epochs, $gflag ${stop[*]}"
+    $PY -m sgem train --params params.yaml --params-key train --data "$data" --out "$run/train" \
+        --epochs "$epochs" $gflag --no-progress --no-dvclive --device "$DEVICE" "${stop[@]}"
+    say "train exited with $?"
+    for prec in fp16 fp32; do
+        extra=(); [ $prec = fp32 ] && extra=(--fp32)
+        $PY -m sgem export --checkpoint "$run/train/checkpoint.pt" --out "$run/final/sgem_unet_$prec.pt" \
+            --part-mb 15 "${extra[@]}"
+    done
+    if [ "$bench" = 1 ]; then
+        say "speed bench (batch 1)"
+        # shellcheck disable=SC2086
+        $PY -m sgem bench --models sgem_unet dnanet acm --device "$DEVICE" --batch 1 --mode $BENCH_MODES \
+            --warmup 10 --warmup-s 2 --runs 2000 --budget-s 3 --out-dir "$run/final" --name bench_cuda
+    fi
+    say "job done"
+    touch "$run/DONE"
+    ;;
+*)
+    echo "unknown command $cmd (start | collect | job)" >&2; exit 2 ;;
+esac
