@@ -24,10 +24,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # cpu only to dry-run this script
 BENCH_MODES=${BENCH_MODES:-fp32 fp32+cl bf16 bf16+cl fp32+graph bf16+cl+graph}
-EPOCHS_PAPER=1500
-TRAIN_IMAGES=663      # NUDT-SIRST's official train split; the check counts the real number
-BENCH_S=55            # the speed bench after training, if it fits
-POST_S=20             # exports and packing after training
 
 say() { echo "[gpu_run $(date +%H:%M:%S)] $*"; }
 
@@ -42,7 +38,9 @@ copy_out() {  # copy what exists to $OUT (never fails the command)
         [ -f "$run/$f" ] && files+=("$f")
     done
     [ ${#files[@]} -gt 0 ] && tar -czf "$OUT/results.tar.gz" -C "$run" "${files[@]}"
-    for p in "$run"/final/*.part??; do [ -f "$p" ] && cp -f "$p" "$OUT/"; done
+    # the final weights only (at most 5 parts): with job.log and results.tar.gz, 7 files,
+    # under a limit of 8 files per command (the insurance copy is `start`'s alone)
+    for p in "$run"/final/sgem_unet_*.part??; do [ -f "$p" ] && cp -f "$p" "$OUT/"; done
     return 0
 }
 
@@ -57,26 +55,7 @@ start)
     say "smoke check and throughput probe"
     $PY -u tools/gpu_check.py "$data" "$run/check.json" --device "$DEVICE" --probe-steps "${PROBE_STEPS:-40}" 2>&1 | tee "$run/check.log"
     [ -f "$run/check.json" ] || { say "check wrote nothing: stopping"; copy_out "$run"; exit 1; }
-    plan=$($PY - "$run/check.json" "$deadline" "$(( $(date +%s) - t0 ))" <<'EOF'
-import json, math, sys
-check = json.load(open(sys.argv[1]))
-deadline, spent = float(sys.argv[2]), float(sys.argv[3])
-if not check.get("images_per_s"):
-    print("FAIL", "-", "-", "-"); sys.exit()
-ips, n = check["images_per_s"], check.get("train_images", 663)
-epoch_s = n / ips / 0.93          # 7 % for evaluation, checkpoints and the host's share
-if deadline <= 0:
-    print(1500, 0, int(check["cuda_graph"]), 1); sys.exit()
-left = deadline - spent - 15 - 20  # launch, final evaluation; exports and packing
-fit = math.floor(left / epoch_s)
-if fit >= 1500:
-    bench = int(left - 1500 * epoch_s >= 55)
-    print(1500, round(left / 60, 2), int(check["cuda_graph"]), bench)
-else:
-    fit = max(1, math.floor((left - 55) / epoch_s))
-    print(fit, round((left - 55) / 60, 2), int(check["cuda_graph"]), 1)
-EOF
-)
+    plan=$($PY tools/gpu_plan.py "$run/check.json" "$deadline" "$(( $(date +%s) - t0 ))")
     read -r epochs minutes graph bench <<< "$plan"
     if [ "$epochs" = FAIL ]; then say "the check measured no usable step: stopping"; copy_out "$run"; exit 1; fi
     echo "{\"epochs\": $epochs, \"stop_after_minutes\": $minutes, \"cuda_graph\": $graph, \"bench\": $bench," \

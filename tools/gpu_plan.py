@@ -1,0 +1,42 @@
+"""How many epochs a GPU window can hold (tools/gpu_run.sh, docs/gpu.md).
+
+    python3 tools/gpu_plan.py CHECK_JSON DEADLINE_S SPENT_S  ->  "EPOCHS MINUTES CUDA_GRAPH BENCH"
+
+``DEADLINE_S`` (0: none) is when, in seconds from the start of the command, everything
+must be done; ``SPENT_S`` what the check already used. The paper's 1500 epochs are kept
+when they fit at the measured speed; otherwise the epochs that fit, as a complete
+schedule over fewer epochs (never a 1500-epoch schedule cut short). The speed bench
+(``BENCH_S``) runs after training when it fits beside 1500 epochs, and always when the
+run is shortened anyway. ``MINUTES`` is the trainer's hard stop (0: none).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+PAPER_EPOCHS = 1500
+BENCH_S = 55.0       # sgem bench of three models in six modes at batch 1
+FIXED_S = 35.0       # launching the job, the final evaluation, exports and packing
+EFFICIENCY = 0.93    # share of an epoch spent in training steps (evaluation, checkpoints: the rest)
+
+
+def plan(check: dict, deadline_s: float, spent_s: float) -> tuple[int, float, int, int] | None:
+    ips = check.get("images_per_s")
+    if not ips:
+        return None
+    epoch_s = check.get("train_images", 663) / ips / EFFICIENCY
+    graph = int(bool(check.get("cuda_graph")))
+    if deadline_s <= 0:
+        return PAPER_EPOCHS, 0.0, graph, 1
+    left = deadline_s - spent_s - FIXED_S
+    if math.floor(left / epoch_s) >= PAPER_EPOCHS:
+        return PAPER_EPOCHS, round(left / 60, 2), graph, int(left - PAPER_EPOCHS * epoch_s >= BENCH_S)
+    fit = max(1, math.floor((left - BENCH_S) / epoch_s))
+    return fit, round(max(left - BENCH_S, epoch_s) / 60, 2), graph, 1
+
+
+if __name__ == "__main__":
+    result = plan(json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3]))
+    print("FAIL - - -" if result is None else " ".join(map(str, result)))
