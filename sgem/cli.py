@@ -142,7 +142,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .train import export_weights
+    from .checkpoint import export_weights
 
     result = export_weights(args.checkpoint, args.out, half=not args.fp32)
     if args.part_mb is not None:

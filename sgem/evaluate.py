@@ -79,8 +79,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
                         split_file: str | None = None, device: str = "cpu", curves: bool = True,
                         save_pred: str | Path | None = None, out: str | Path | None = None,
                         **metric_kwargs: Any) -> dict[str, Any]:
-    from .profiling import environment_info, resolve_device
-    from .train import model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
+    from .device import resolve_device
+    from .profiling import environment_info
 
     dev = resolve_device(device)
     model, state = model_from_checkpoint(checkpoint, dev)
@@ -179,8 +180,8 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: str | Path, *,
                   device: str = "cpu", threshold: float = 0.5) -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (16-bit) and ``<stem>_overlay.png``."""
-    from .profiling import resolve_device
-    from .train import model_from_checkpoint
+    from .checkpoint import model_from_checkpoint
+    from .device import resolve_device
 
     dev = resolve_device(device)
     model, state = model_from_checkpoint(checkpoint, dev)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import cpu_name, resolve_device  # noqa: F401  (re-exported)
 from .models import create_model
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -146,15 +147,6 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 10, runs
     return {**latency_stats(times), "runs": runs, "warmup": warmup}
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Device, library versions and thread count: what a speed figure must carry."""
     device = torch.device(device)
@@ -164,7 +156,7 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -172,19 +164,6 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         info["gpu"] = torch.cuda.get_device_name(device)
         info["driver_capability"] = ".".join(map(str, torch.cuda.get_device_capability(device)))
     return info
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]', checked."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available "
-                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    return dev
 
 
 def profile_model(

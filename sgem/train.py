@@ -40,14 +40,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_weights,  # noqa: F401  (re-exported)
+                         load_checkpoint, model_from_checkpoint, restore_rng, rng_state, save_checkpoint)
 from .data import image_stats, load_split, to_tensors
-from .io import atomic_write, atomic_write_json
+from .device import resolve_device  # noqa: F401  (re-exported: sgem.train.resolve_device)
+from .io import atomic_write_json
 from .losses import SoftIoULoss
 from .models import create_model
-from .profiling import resolve_device  # noqa: F401  (re-exported: sgem.train.resolve_device)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-CHECKPOINT_FORMAT = "sgem-checkpoint-v1"
 # keys that may differ between the run that wrote a checkpoint and the run resuming it
 # (how a step is computed is not what is trained: precision, layout, compilation and graph
 # capture may change between chunks of one run)
@@ -250,76 +250,6 @@ class DeviceData:
         return x, y.float()
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` and check that it is one of ours."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"{path}: cannot load checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not an sgem checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    return state
-
-
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    random.setstate(_as_tuple(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuple(x: Any) -> Any:
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-def model_from_checkpoint(state_or_path: dict[str, Any] | str | Path, device: str | torch.device = "cpu"
-                          ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the trained model (eval mode) and return it with the checkpoint."""
-    state = state_or_path if isinstance(state_or_path, dict) else load_checkpoint(state_or_path)
-    cfg = state["config"]
-    model = create_model(cfg["model"], **cfg.get("model_kwargs", {}))
-    weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}
-    model.load_state_dict(weights)
-    return model.to(device).eval(), state
-
-
-def export_weights(checkpoint: str | Path, out: str | Path, *, half: bool = True) -> dict[str, Any]:
-    """A compact checkpoint for inference: model weights (fp16 by default), config,
-    normalisation, epoch and history; no optimizer or RNG state. ``sgem evaluate`` and
-    ``sgem predict`` load it like a full checkpoint (weights are cast back to fp32)."""
-    state = load_checkpoint(checkpoint)
-    slim = {k: state[k] for k in ("format", "epoch", "config", "history", "best", "normalization", "versions")
-            if k in state}
-    slim["model"] = {k: (v.half() if half and v.is_floating_point() else v) for k, v in state["model"].items()}
-    slim["weights_dtype"] = "float16" if half else "float32"
-    save_checkpoint(Path(out), slim)
-    return {"out": str(out), "bytes": Path(out).stat().st_size, "epoch": slim["epoch"],
-            "weights_dtype": slim["weights_dtype"]}
-
-
 # ----------------------------------------------------------------------------- the step
 
 class StepRunner:
@@ -511,191 +441,253 @@ def _maybe_init_distributed(device: torch.device) -> bool:
     return False
 
 
-def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = None,
-          stop_after_seconds: float | None = None,
-          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
-          log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train (or resume) a run; return the final summary.
+class Trainer:
+    """One training run, in named steps (the shape of torchvision's reference scripts):
 
-    ``log`` receives one-line notices (a CUDA-graph fallback, say); by default they are
-    printed to stderr at once.
+    * :meth:`setup`: config checked, device, distributed group, data on the device,
+      model, optimizer, scheduler;
+    * :meth:`resume`: state from ``out_dir/checkpoint.pt`` when there is one (or a
+      restart, or a refusal, by ``on_config_change``);
+    * :meth:`train_one_epoch`: the epoch's batches (drawn from ``(seed, epoch)`` alone)
+      through the :class:`StepRunner`; returns the history row;
+    * :meth:`evaluate`: the model on ``eval_split`` (every ``eval_every`` epochs and at the
+      end; the best value is recorded, never used to pick a checkpoint);
+    * :meth:`save`: the atomic checkpoint, then the history beside it;
+    * :meth:`fit`: the loop, with the stop conditions of a chunked run.
 
-    ``stop_after_epochs`` ends this call after that many epochs of *this* call;
-    ``stop_after_seconds`` ends it after the epoch at which one more epoch of the longest
-    length seen so far would overrun that many seconds since the call started. Both are
-    for chunked runs under a time limit; the checkpoint is written before returning.
+    ``train()`` is ``Trainer(cfg).fit()``; the class is for callers that need a step
+    alone (a notebook that inspects the model after setup, say).
     """
-    call_start = time.perf_counter()
-    from .evaluate import evaluate_model
 
-    if log is None:
-        def log(msg: str) -> None:
-            print(f"sgem train: {msg}", file=sys.stderr, flush=True)
+    def __init__(self, cfg: TrainConfig | dict[str, Any], *, log: Callable[[str], None] | None = None) -> None:
+        self.cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+        self.log = log or (lambda msg: print(f"sgem train: {msg}", file=sys.stderr, flush=True))
+        self.started_dist = False
+        self.was_deterministic = torch.are_deterministic_algorithms_enabled()
 
-    cfg = TrainConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
-    cfg.validate()
-    device = resolve_device(cfg.device)
-    started_dist = _maybe_init_distributed(device)
-    rank, world, local_rank = _dist_info()
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    is_main = rank == 0
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / CHECKPOINT_NAME
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
+    # -- setup ----------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        cfg.validate()
+        device = resolve_device(cfg.device)
+        self.started_dist = _maybe_init_distributed(device)
+        self.rank, self.world, local_rank = _dist_info()
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        self.device = device
+        self.is_main = self.rank == 0
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_path = self.out_dir / CHECKPOINT_NAME
         set_determinism(cfg.seed, cfg.deterministic)
-        if is_main and out_dir.is_dir():  # temp files of a write killed half-way
-            for stale in out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
+        if self.is_main and self.out_dir.is_dir():  # temp files of a write killed half-way
+            for stale in self.out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
                 stale.unlink(missing_ok=True)
 
         stems, images, masks = load_split(cfg.data_root, cfg.train_split, split_file=cfg.train_split_file)
-        mean, std = image_stats(images)
-        data = DeviceData(images, masks, device)
+        self.train_stems = len(stems)
+        self.mean, self.std = image_stats(images)
+        self.data = DeviceData(images, masks, device)
         del images, masks
 
         model = create_model(cfg.model, **cfg.model_kwargs).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        fused = device.type == "cuda" and cfg.optimizer in ("adam", "adamw")
-        opt = build_optimizer(cfg, model.parameters(), fused=fused)
-        sched = build_scheduler(cfg, opt)
-        start_epoch, history, best = 0, [], {"metric": "iou", "split": cfg.eval_split, "value": None,
-                                             "epoch": None}
+        self.model = model
+        self.fused = device.type == "cuda" and cfg.optimizer in ("adam", "adamw")
+        self.opt = build_optimizer(cfg, model.parameters(), fused=self.fused)
+        self.sched = build_scheduler(cfg, self.opt)
+        self.start_epoch, self.epoch = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] = {"metric": "iou", "split": cfg.eval_split, "value": None, "epoch": None}
 
-        state = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+        per_rank = len(self.data) // self.world
+        if per_rank < 1:
+            raise ValueError(f"{cfg.data_root}: split '{cfg.train_split}' has {len(self.data)} images, "
+                             f"fewer than the {self.world} training processes")
+        self.per_rank = per_rank
+        self.bsz = min(cfg.batch_size, per_rank)
+        self.steps = per_rank // self.bsz
+
+    # -- resume ---------------------------------------------------------------------------
+    def resume(self) -> None:
+        cfg = self.cfg
+        state = load_checkpoint(self.ckpt_path) if self.ckpt_path.is_file() else None
         if state is not None and (diffs := _config_differences(state["config"], cfg)):
             if cfg.on_config_change != "restart":
-                raise ValueError(f"{ckpt_path}: cannot resume, the run's settings differ ({diffs}). "
+                raise ValueError(f"{self.ckpt_path}: cannot resume, the run's settings differ ({diffs}). "
                                  f"Use another out_dir, delete the checkpoint, or set on_config_change=restart.")
-            previous = ckpt_path.with_name("checkpoint.previous.pt")
-            if is_main:
-                os.replace(ckpt_path, previous)
-                warnings.warn(f"{ckpt_path}: settings changed ({diffs}); starting over "
-                              f"(the old checkpoint is now {previous.name})", stacklevel=2)
+            previous = self.ckpt_path.with_name("checkpoint.previous.pt")
+            if self.is_main:
+                os.replace(self.ckpt_path, previous)
+                warnings.warn(f"{self.ckpt_path}: settings changed ({diffs}); starting over "
+                              f"(the old checkpoint is now {previous.name})", stacklevel=3)
             state = None
         if state is not None:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start_epoch, history, best = int(state["epoch"]), list(state["history"]), dict(state["best"])
-            _restore_rng(state["rng"])
-            mean, std = state["normalization"]["mean"], state["normalization"]["std"]
-            _match_optimizer_to_params(opt, fused)
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.start_epoch = self.epoch = int(state["epoch"])
+            self.history, self.best = list(state["history"]), dict(state["best"])
+            restore_rng(state["rng"])
+            self.mean, self.std = state["normalization"]["mean"], state["normalization"]["std"]
+            _match_optimizer_to_params(self.opt, self.fused)
+        self._build_step()
 
+    def _build_step(self) -> None:
+        cfg, model = self.cfg, self.model
         net: nn.Module = model
-        if world > 1:
-            net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                      else None)
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index]
+                                                      if self.device.type == "cuda" else None)
+        self.net = net
         step_fn = torch.compile(net) if cfg.compile else net
         criterion = SoftIoULoss(smooth=cfg.loss_smooth, reduction=cfg.loss_reduction)
         autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
-        runner = StepRunner(step_fn, model, criterion, opt, device=device, autocast_dtype=autocast_dtype,
-                            cuda_graph=cfg.cuda_graph, log=log)
-        norm_mean = torch.tensor(mean, device=device)
-        norm_std = torch.tensor(std, device=device)
+        self.runner = StepRunner(step_fn, model, criterion, self.opt, device=self.device,
+                                 autocast_dtype=autocast_dtype, cuda_graph=cfg.cuda_graph, log=self.log)
+        self.norm_mean = torch.tensor(self.mean, device=self.device)
+        self.norm_std = torch.tensor(self.std, device=self.device)
 
-        logger = _Logger(out_dir, cfg.dvclive, history, is_main)
-        per_rank = len(data) // world
-        if per_rank < 1:
-            raise ValueError(f"{cfg.data_root}: split '{cfg.train_split}' has {len(data)} images, "
-                             f"fewer than the {world} training processes")
-        bsz = min(cfg.batch_size, per_rank)
-        steps = per_rank // bsz
+    # -- one epoch ------------------------------------------------------------------------
+    def train_one_epoch(self) -> dict[str, Any]:
+        """Train epoch ``self.epoch + 1``; return its history row (loss, lr, time)."""
+        cfg, data, epoch = self.cfg, self.data, self.epoch
+        t0 = time.perf_counter()
+        self.net.train()
+        gen = epoch_generator(cfg.seed, epoch)
+        perm = torch.randperm(len(data), generator=gen)[: self.per_rank * self.world]
+        mine = perm[self.rank::self.world].tolist()
+        loss_sum = torch.zeros((), device=self.device)
+        for s in range(self.steps):
+            idx = mine[s * self.bsz:(s + 1) * self.bsz]
+            x, y = data.batch(idx, cfg.crop_size, gen, cfg.augment, pad_value=self.mean)
+            x = (x - self.norm_mean) / self.norm_std
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            self.runner(x, y, loss_sum)
+        lr = self.opt.param_groups[0]["lr"]
+        self.sched.step()
+        if self.world > 1:
+            dist.all_reduce(loss_sum)
+            loss_sum /= self.world
+        train_loss = float(loss_sum) / self.steps  # one host sync per epoch
+        if not math.isfinite(train_loss):
+            last_good = self.start_epoch if not self.history else self.history[-1]["epoch"]
+            raise FloatingPointError(
+                f"training loss is {train_loss} at epoch {epoch + 1}; stopped. The last good checkpoint "
+                f"({self.ckpt_path}, epoch {last_good}) is kept. Lower lr, or use precision='fp32'.")
+        self.epoch = epoch + 1
+        elapsed = time.perf_counter() - t0
+        return {"epoch": self.epoch, "train/loss": train_loss, "train/lr": lr, "train/seconds": elapsed,
+                "train/images_per_s": self.steps * self.bsz * self.world / elapsed}
 
-        def make_state(epoch: int) -> dict[str, Any]:
-            return {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch, "config": cfg.to_dict(),
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": _rng_state(), "history": history, "best": best,
-                "normalization": {"mean": float(mean), "std": float(std)},
-                "versions": {"torch": str(torch.__version__), "sgem": _sgem_version()},
-                "train_stems": len(stems),
-            }
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self, row: dict[str, Any]) -> None:
+        """Score the model on ``eval_split`` into ``row`` (main process only)."""
+        from .evaluate import evaluate_model
 
+        cfg = self.cfg
+        ev = evaluate_model(self.model, cfg.data_root, cfg.eval_split, split_file=cfg.eval_split_file,
+                            mean=self.mean, std=self.std, device=self.device, curves=False)
+        for k in ("iou", "niou", "f1", "precision", "recall", "pd", "fa"):
+            row[f"{cfg.eval_split}/{k}"] = ev[k]
+        if ev["iou"] == ev["iou"] and (self.best["value"] is None or ev["iou"] > self.best["value"]):
+            self.best = {"metric": "iou", "split": cfg.eval_split, "value": ev["iou"], "epoch": self.epoch}
+
+    # -- checkpoint -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "rng": rng_state(), "history": self.history, "best": self.best,
+            "normalization": {"mean": float(self.mean), "std": float(self.std)},
+            "versions": {"torch": str(torch.__version__), "sgem": _sgem_version()},
+            "train_stems": self.train_stems,
+        }
+
+    def save(self) -> None:
+        if self.is_main:
+            save_checkpoint(self.ckpt_path, self.state())
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self, *, stop_after_epochs: int | None = None, stop_after_seconds: float | None = None,
+            on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        call_start = time.perf_counter()
+        try:
+            self.setup()
+            self.resume()
+            return self._loop(call_start, stop_after_epochs, stop_after_seconds, on_epoch_end)
+        finally:
+            torch.use_deterministic_algorithms(self.was_deterministic)
+            if self.started_dist:
+                dist.destroy_process_group()
+
+    def _loop(self, call_start: float, stop_after_epochs: int | None, stop_after_seconds: float | None,
+              on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+        cfg = self.cfg
+        logger = _Logger(self.out_dir, cfg.dvclive, self.history, self.is_main)
         progress = None
-        if cfg.progress and is_main:
+        if cfg.progress and self.is_main:
             from tqdm.auto import tqdm
 
-            progress = tqdm(total=cfg.epochs, initial=start_epoch, desc=f"train {cfg.model}", unit="epoch")
-
-        epochs_this_call = 0
-        longest = 0.0
-        epoch = start_epoch
-        while epoch < cfg.epochs:
-            t0 = time.perf_counter()
-            net.train()
-            gen = epoch_generator(cfg.seed, epoch)
-            perm = torch.randperm(len(data), generator=gen)[: per_rank * world]
-            mine = perm[rank::world].tolist()
-            loss_sum = torch.zeros((), device=device)
-            for s in range(steps):
-                idx = mine[s * bsz:(s + 1) * bsz]
-                x, y = data.batch(idx, cfg.crop_size, gen, cfg.augment, pad_value=mean)
-                x = (x - norm_mean) / norm_std
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                runner(x, y, loss_sum)
-            lr = opt.param_groups[0]["lr"]
-            sched.step()
-            if world > 1:
-                dist.all_reduce(loss_sum)
-                loss_sum /= world
-            train_loss = float(loss_sum) / steps  # one host sync per epoch
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(
-                    f"training loss is {train_loss} at epoch {epoch + 1}; stopped. The last good checkpoint "
-                    f"({ckpt_path}, epoch {start_epoch if not history else history[-1]['epoch']}) is kept. "
-                    f"Lower lr, or use precision='fp32'.")
-            epoch += 1
+            progress = tqdm(total=cfg.epochs, initial=self.start_epoch, desc=f"train {cfg.model}", unit="epoch")
+        epochs_this_call, longest = 0, 0.0
+        while self.epoch < cfg.epochs:
+            row = self.train_one_epoch()
             epochs_this_call += 1
-            elapsed = time.perf_counter() - t0
-            row: dict[str, Any] = {"epoch": epoch, "train/loss": train_loss, "train/lr": lr,
-                                   "train/seconds": elapsed, "train/images_per_s": steps * bsz * world / elapsed}
-            final = epoch == cfg.epochs
-            if is_main and ((cfg.eval_every and epoch % cfg.eval_every == 0) or final):
-                ev = evaluate_model(model, cfg.data_root, cfg.eval_split, split_file=cfg.eval_split_file,
-                                    mean=mean, std=std, device=device, curves=False)
-                for k in ("iou", "niou", "f1", "precision", "recall", "pd", "fa"):
-                    row[f"{cfg.eval_split}/{k}"] = ev[k]
-                if ev["iou"] == ev["iou"] and (best["value"] is None or ev["iou"] > best["value"]):
-                    best = {"metric": "iou", "split": cfg.eval_split, "value": ev["iou"], "epoch": epoch}
-            history.append(row)
-            longest = max(longest, elapsed)
+            final = self.epoch == cfg.epochs
+            if self.is_main and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or final):
+                self.evaluate(row)
+            self.history.append(row)
+            longest = max(longest, row["train/seconds"])
             stop_now = ((stop_after_epochs is not None and epochs_this_call >= stop_after_epochs)
                         or (stop_after_seconds is not None
                             and time.perf_counter() - call_start + longest > stop_after_seconds))
-            checkpoint_now = epoch % cfg.checkpoint_every == 0 or final or stop_now
-            if is_main and checkpoint_now:
-                save_checkpoint(ckpt_path, make_state(epoch))
-            if world > 1:
+            checkpoint_now = self.epoch % cfg.checkpoint_every == 0 or final or stop_now
+            if checkpoint_now:
+                self.save()
+            if self.world > 1:
                 dist.barrier()
             # history.json is rewritten with each checkpoint, so it says what the checkpoint
             # holds (rewriting it every epoch costs a long GPU run minutes of fsyncs)
-            logger.log(row, history, write_history=checkpoint_now)
+            logger.log(row, self.history, write_history=checkpoint_now)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{train_loss:.4f}")
+                progress.set_postfix(loss=f"{row['train/loss']:.4f}")
             if on_epoch_end is not None:
-                on_epoch_end(epoch, row)
+                on_epoch_end(self.epoch, row)
             if stop_now:
                 break
         if progress is not None:
             progress.close()
         logger.close()
-        summary = {"epochs_done": epoch, "epochs": cfg.epochs, "complete": epoch >= cfg.epochs,
-                   "step_mode": runner.mode, "step_fallback": runner.fallback,
-                   "checkpoint": str(ckpt_path), "last": history[-1] if history else None, "best": best}
-        if is_main:
-            atomic_write_json(out_dir / "train_summary.json", summary)
+        summary = {"epochs_done": self.epoch, "epochs": cfg.epochs, "complete": self.epoch >= cfg.epochs,
+                   "step_mode": self.runner.mode, "step_fallback": self.runner.fallback,
+                   "checkpoint": str(self.ckpt_path), "last": self.history[-1] if self.history else None,
+                   "best": self.best}
+        if self.is_main:
+            atomic_write_json(self.out_dir / "train_summary.json", summary)
         return summary
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
-        if started_dist:
-            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = None,
+          stop_after_seconds: float | None = None,
+          on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+          log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; return the final summary (:class:`Trainer`).
+
+    ``stop_after_epochs`` ends this call after that many epochs of *this* call;
+    ``stop_after_seconds`` ends it after the epoch at which one more epoch of the longest
+    length seen so far would overrun that many seconds since the call started. Both are
+    for chunked runs under a time limit; the checkpoint is written before returning.
+    ``log`` receives one-line notices (a CUDA-graph fallback, say); by default they are
+    printed to stderr at once.
+    """
+    return Trainer(cfg, log=log).fit(stop_after_epochs=stop_after_epochs, stop_after_seconds=stop_after_seconds,
+                                     on_epoch_end=on_epoch_end)
 
 
 def _match_optimizer_to_params(opt: torch.optim.Optimizer, fused: bool) -> None:

@@ -1,0 +1,77 @@
+"""Where computations run: the device resolver and the precision resolver, shared by
+training, evaluation, prediction and profiling.
+
+``precision="auto"`` means bf16 autocast with channels_last where the device computes
+bf16 natively, fp32 elsewhere:
+
+* CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer);
+* CPU: the processor advertises AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo`` flags on
+  Linux). Without them PyTorch still runs bf16, but by emulation, often slower than
+  fp32 (an AMD Zen 4 has AVX512-BF16 and is counted as native; measure before relying
+  on it: ``sgem bench --device cpu --mode fp32 bf16+cl``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+
+import torch
+
+PRECISION_CHOICES = ("fp32", "bf16", "auto")
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when available), 'cpu' or 'cuda[:N]', checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available "
+                           f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    return dev
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> set[str]:
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` computes bf16 natively (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return bool({"amx_bf16", "avx512_bf16"} & _cpu_flags())
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, bool]:
+    """(precision, channels_last) for a requested precision: 'auto' becomes bf16 with
+    channels_last on a native-bf16 device and fp32 without it elsewhere; 'fp32' and 'bf16'
+    stay (channels_last then as the caller chooses: False here)."""
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
+    if precision != "auto":
+        return precision, False
+    return ("bf16", True) if native_bf16(device) else ("fp32", False)
+
+
+__all__ = ["PRECISION_CHOICES", "cpu_name", "native_bf16", "resolve_device", "resolve_precision"]
