@@ -23,6 +23,7 @@ history on resume, so it has each epoch exactly once.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -43,10 +44,10 @@ from torch import nn
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_weights,  # noqa: F401  (re-exported)
                          load_checkpoint, model_from_checkpoint, restore_rng, rng_state, save_checkpoint)
 from .data import image_stats, load_split, to_tensors
-from .device import resolve_device  # noqa: F401  (re-exported: sgem.train.resolve_device)
+from .device import cpu_name, resolve_device, resolve_precision
 from .io import atomic_write_json
 from .losses import SoftIoULoss
-from .models import create_model
+from .models import create_model, pad_to_multiple
 
 # keys that may differ between the run that wrote a checkpoint and the run resuming it
 # (how a step is computed is not what is trained: precision, layout, compilation and graph
@@ -79,13 +80,18 @@ class TrainConfig:
     step_epochs: int = 0             # step: decay every N epochs (0: epochs // 3)
     step_gamma: float = 0.1
     crop_size: int = 256
+    final_crop_size: int = 0         # the last final_epochs epochs use this crop (0: crop_size throughout)
+    final_epochs: int = 0
+    warmup_epochs: int = 0           # linear warm-up from lr/10 to lr, then the scheduler over the rest
+    ema_decay: float = 0.0           # > 0: evaluate and export an exponential moving average of the weights
+    bn_recalibrate: bool = False     # at the end: BatchNorm statistics recomputed on the full-size train images
     augment: str = "flip"            # flip (h/v flips and transpose) | none
     loss_smooth: float = 1.0
     loss_reduction: str = "batch"    # batch | sample
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"             # auto | cpu | cuda[:N]
-    precision: str = "fp32"          # fp32 | bf16 (autocast)
+    precision: str = "fp32"          # fp32 | bf16 (autocast) | auto (bf16 + channels_last where native)
     channels_last: bool = False
     compile: bool = False
     cuda_graph: bool = False         # CUDA only: capture forward+loss+backward as one CUDA graph
@@ -105,8 +111,18 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "crop_size", "checkpoint_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 bad(key, "an integer >= 1")
-        if self.crop_size % 16:
-            bad("crop_size", "a multiple of 16 (the U-Net pools 4 times)")
+        for key in ("final_crop_size", "final_epochs", "warmup_epochs"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                bad(key, "an integer >= 0")
+        for key in ("crop_size", "final_crop_size"):
+            if getattr(self, key) % 16:
+                bad(key, "a multiple of 16 (the U-Net pools 4 times)")
+        if self.final_epochs > self.epochs:
+            bad("final_epochs", f"at most epochs ({self.epochs})")
+        if self.warmup_epochs >= self.epochs:
+            bad("warmup_epochs", f"fewer than epochs ({self.epochs})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            bad("ema_decay", "a number in [0, 1) (0: no averaging)")
         if not self.lr > 0:
             bad("lr", "a positive number")
         if self.optimizer not in ("adam", "adamw", "sgd", "adagrad"):
@@ -117,8 +133,8 @@ class TrainConfig:
             bad("augment", "'flip' or 'none'")
         if self.loss_reduction not in ("batch", "sample"):
             bad("loss_reduction", "'batch' or 'sample'")
-        if self.precision not in ("fp32", "bf16"):
-            bad("precision", "'fp32' or 'bf16'")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            bad("precision", "'fp32', 'bf16' or 'auto'")
         if self.eval_every < 0:
             bad("eval_every", "an integer >= 0")
         if self.on_config_change not in ("error", "restart"):
@@ -170,12 +186,97 @@ def build_optimizer(cfg: TrainConfig, params, *, fused: bool = False) -> torch.o
 
 
 def build_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-epoch schedule; with ``warmup_epochs`` = W, W epochs rising linearly from
+    lr/10 to lr come first and the schedule runs over the remaining epochs."""
+    S = torch.optim.lr_scheduler
+    rest = cfg.epochs - cfg.warmup_epochs
     if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs, eta_min=cfg.min_lr)
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_epochs or max(1, cfg.epochs // 3),
-                                               gamma=cfg.step_gamma)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        main: S.LRScheduler = S.CosineAnnealingLR(opt, T_max=rest, eta_min=cfg.min_lr)
+    elif cfg.scheduler == "step":
+        main = S.StepLR(opt, step_size=cfg.step_epochs or max(1, rest // 3), gamma=cfg.step_gamma)
+    else:
+        main = S.LambdaLR(opt, lambda _: 1.0)
+    if not cfg.warmup_epochs:
+        return main
+    warm = S.LinearLR(opt, start_factor=0.1, end_factor=1.0, total_iters=cfg.warmup_epochs)
+    return S.SequentialLR(opt, [warm, main], milestones=[cfg.warmup_epochs])
+
+
+class WeightEMA:
+    """Exponential moving average of a model's weights and floating-point buffers, updated
+    after every optimizer step: ``ema = d * ema + (1 - d) * w`` with
+    ``d = min(decay, (1 + n) / (10 + n))`` after n updates, so that the average does not
+    drag the random initial weights along for the first thousand steps (the warm-up of
+    TensorFlow's ExponentialMovingAverage with num_updates). Integer buffers (BatchNorm's
+    batch counter) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+        self.decay = decay
+        self.updates = 0
+        self._pairs: list[tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
+        self._source: nn.Module | None = None
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        if self._source is not model:
+            mine, theirs = self.module.state_dict(keep_vars=True), model.state_dict(keep_vars=True)
+            fl = [(mine[k].data, theirs[k].data) for k in mine if mine[k].is_floating_point()]
+            ints = [(mine[k].data, theirs[k].data) for k in mine if not mine[k].is_floating_point()]
+            self._pairs = ([a for a, _ in fl], [b for _, b in fl]), ([a for a, _ in ints], [b for _, b in ints])
+            self._source = model
+        (ema_f, model_f), (ema_i, model_i) = self._pairs  # type: ignore[misc]
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(ema_f, model_f, 1.0 - d)
+        for a, b in zip(ema_i, model_i):
+            a.copy_(b)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: list[torch.Tensor], *, mean: float, std: float,
+                          batch_size: int, channels_last: bool, autocast_dtype: torch.dtype | None) -> int:
+    """Recompute every BatchNorm's running statistics over ``images`` (each (1, H, W) on
+    the model's device, at full size, no augmentation): train-mode forward passes with
+    cumulative averaging (the mean over batches of the batch statistics); the weights
+    are not touched. Returns the number of images used.
+
+    Why: a model trained on small crops (or whose weights are averaged) carries running
+    statistics estimated under other conditions than the full test images; recomputing
+    them costs one forward pass over the training split ("precise BN")."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    device = images[0].device
+    by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
+    for im in images:
+        by_shape.setdefault(tuple(im.shape), []).append(im)
+    n = 0
+    try:
+        for group in by_shape.values():
+            for i in range(0, len(group), batch_size):
+                x = (torch.stack(group[i:i + batch_size]) - mean) / std
+                x, _ = pad_to_multiple(x, 16)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    model(x)
+                n += len(group[i:i + batch_size])
+    finally:
+        for m, (momentum, training) in zip(bns, saved):
+            m.momentum = momentum
+            m.train(training)
+        model.train(was_training)
+    return n
 
 
 class DeviceData:
@@ -197,6 +298,10 @@ class DeviceData:
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+    def full_images(self) -> list[torch.Tensor]:
+        """Every image at its own size, (1, H, W) on the device."""
+        return list(self._lists[0])
 
     def _stacked(self, crop: int, pad_value: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Images and masks flattened to (N * H * W,), each padded at the bottom and right
@@ -270,8 +375,10 @@ class StepRunner:
 
     def __init__(self, net: nn.Module, model: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, *,
                  device: torch.device, autocast_dtype: torch.dtype | None, cuda_graph: bool,
-                 warmup: int = 3, log: Callable[[str], None] | None = None) -> None:
+                 warmup: int = 3, log: Callable[[str], None] | None = None,
+                 after_step: Callable[[], None] | None = None) -> None:
         self.net, self.model, self.criterion, self.opt = net, model, criterion, opt
+        self.after_step = after_step or (lambda: None)
         self.device, self.dtype = device, autocast_dtype
         self.model_loss = getattr(model, "training_loss", None)
         self.warmup = warmup
@@ -306,18 +413,22 @@ class StepRunner:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
+        self.after_step()
         acc += loss.detach()
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
         """Train on (x, y) and add the batch's loss to ``acc`` (a device scalar)."""
         if self.mode == "eager":
             return self._eager(x, y, acc)
+        if self._graph is not None and self._static[0].shape != x.shape:  # type: ignore[index]
+            self._graph, self._static, self._warm = None, None, 0  # a new crop size: capture again
         if self._graph is not None:
             sx, sy, sloss = self._static  # type: ignore[misc]
             sx.copy_(x)
             sy.copy_(y)
             self._graph.replay()
             self.opt.step()
+            self.after_step()
             acc += sloss
             return None
         if self._warm < self.warmup:
@@ -477,6 +588,12 @@ class Trainer:
             torch.cuda.set_device(device)
         self.device = device
         self.is_main = self.rank == 0
+        # precision 'auto': bf16 + channels_last where the device computes bf16 natively
+        precision, auto_cl = resolve_precision(cfg.precision, device)
+        self.precision, self.channels_last = precision, cfg.channels_last or auto_cl
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.resolved = {"precision": precision, "channels_last": self.channels_last, "device": str(device),
+                         "processor": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()}
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.out_dir = Path(cfg.out_dir)
@@ -493,9 +610,10 @@ class Trainer:
         del images, masks
 
         model = create_model(cfg.model, **cfg.model_kwargs).to(device)
-        if cfg.channels_last:
+        if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         self.fused = device.type == "cuda" and cfg.optimizer in ("adam", "adamw")
         self.opt = build_optimizer(cfg, model.parameters(), fused=self.fused)
         self.sched = build_scheduler(cfg, self.opt)
@@ -526,7 +644,12 @@ class Trainer:
                               f"(the old checkpoint is now {previous.name})", stacklevel=3)
             state = None
         if state is not None:
-            self.model.load_state_dict(state["model"])
+            # with weight averaging, "model" holds the averaged weights (what inference
+            # uses) and "train_model" the weights being trained
+            self.model.load_state_dict(state.get("train_model", state["model"]))
+            if self.ema is not None:
+                self.ema.module.load_state_dict(state["model"])
+                self.ema.updates = int(state.get("ema_updates", 0))
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
             self.start_epoch = self.epoch = int(state["epoch"])
@@ -545,9 +668,10 @@ class Trainer:
         self.net = net
         step_fn = torch.compile(net) if cfg.compile else net
         criterion = SoftIoULoss(smooth=cfg.loss_smooth, reduction=cfg.loss_reduction)
-        autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        after_step = (lambda: self.ema.update(model)) if self.ema is not None else None
         self.runner = StepRunner(step_fn, model, criterion, self.opt, device=self.device,
-                                 autocast_dtype=autocast_dtype, cuda_graph=cfg.cuda_graph, log=self.log)
+                                 autocast_dtype=self.autocast_dtype, cuda_graph=cfg.cuda_graph, log=self.log,
+                                 after_step=after_step)
         self.norm_mean = torch.tensor(self.mean, device=self.device)
         self.norm_std = torch.tensor(self.std, device=self.device)
 
@@ -561,11 +685,12 @@ class Trainer:
         perm = torch.randperm(len(data), generator=gen)[: self.per_rank * self.world]
         mine = perm[self.rank::self.world].tolist()
         loss_sum = torch.zeros((), device=self.device)
+        crop = self.crop_for(epoch)
         for s in range(self.steps):
             idx = mine[s * self.bsz:(s + 1) * self.bsz]
-            x, y = data.batch(idx, cfg.crop_size, gen, cfg.augment, pad_value=self.mean)
+            x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean)
             x = (x - self.norm_mean) / self.norm_std
-            if cfg.channels_last:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.runner(x, y, loss_sum)
         lr = self.opt.param_groups[0]["lr"]
@@ -582,7 +707,30 @@ class Trainer:
         self.epoch = epoch + 1
         elapsed = time.perf_counter() - t0
         return {"epoch": self.epoch, "train/loss": train_loss, "train/lr": lr, "train/seconds": elapsed,
-                "train/images_per_s": self.steps * self.bsz * self.world / elapsed}
+                "train/images_per_s": self.steps * self.bsz * self.world / elapsed, "train/crop": crop}
+
+    def crop_for(self, epoch: int) -> int:
+        """The crop size of (0-based) ``epoch``: ``final_crop_size`` in the last
+        ``final_epochs`` epochs, ``crop_size`` before."""
+        cfg = self.cfg
+        if cfg.final_crop_size and cfg.final_epochs and epoch >= cfg.epochs - cfg.final_epochs:
+            return cfg.final_crop_size
+        return cfg.crop_size
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated, exported and used for inference: the moving
+        average when ``ema_decay`` > 0, else the trained weights."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def recalibrate_bn(self) -> int:
+        """BatchNorm statistics of :attr:`eval_model` recomputed on the full-size training
+        images (``bn_recalibrate``), at the end of the run."""
+        images = self.data.full_images()
+        n = recalibrate_batchnorm(self.eval_model, images, mean=self.mean, std=self.std, batch_size=self.bsz,
+                                  channels_last=self.channels_last, autocast_dtype=self.autocast_dtype)
+        self.log(f"BatchNorm statistics recomputed on {n} full-size training images")
+        return n
 
     # -- evaluation -----------------------------------------------------------------------
     def evaluate(self, row: dict[str, Any]) -> None:
@@ -590,7 +738,7 @@ class Trainer:
         from .evaluate import evaluate_model
 
         cfg = self.cfg
-        ev = evaluate_model(self.model, cfg.data_root, cfg.eval_split, split_file=cfg.eval_split_file,
+        ev = evaluate_model(self.eval_model, cfg.data_root, cfg.eval_split, split_file=cfg.eval_split_file,
                             mean=self.mean, std=self.std, device=self.device, curves=False)
         for k in ("iou", "niou", "f1", "precision", "recall", "pd", "fa"):
             row[f"{cfg.eval_split}/{k}"] = ev[k]
@@ -599,9 +747,12 @@ class Trainer:
 
     # -- checkpoint -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.ema is not None:
+            extra = {"train_model": self.model.state_dict(), "ema_updates": self.ema.updates}
         return {
-            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "config": self.cfg.to_dict(),
-            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "format": CHECKPOINT_FORMAT, "epoch": self.epoch, "config": self.cfg.to_dict(), **extra,
+            "model": self.eval_model.state_dict(), "resolved": self.resolved, "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "rng": rng_state(), "history": self.history, "best": self.best,
             "normalization": {"mean": float(self.mean), "std": float(self.std)},
             "versions": {"torch": str(torch.__version__), "sgem": _sgem_version()},
@@ -639,6 +790,8 @@ class Trainer:
             row = self.train_one_epoch()
             epochs_this_call += 1
             final = self.epoch == cfg.epochs
+            if final and cfg.bn_recalibrate:
+                self.recalibrate_bn()
             if self.is_main and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or final):
                 self.evaluate(row)
             self.history.append(row)
@@ -665,7 +818,7 @@ class Trainer:
             progress.close()
         logger.close()
         summary = {"epochs_done": self.epoch, "epochs": cfg.epochs, "complete": self.epoch >= cfg.epochs,
-                   "step_mode": self.runner.mode, "step_fallback": self.runner.fallback,
+                   "step_mode": self.runner.mode, "step_fallback": self.runner.fallback, "resolved": self.resolved,
                    "checkpoint": str(self.ckpt_path), "last": self.history[-1] if self.history else None,
                    "best": self.best}
         if self.is_main:
@@ -716,8 +869,9 @@ def _match_optimizer_to_params(opt: torch.optim.Optimizer, fused: bool) -> None:
 def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> str:
     """'' when a checkpoint of ``saved`` settings can be resumed under ``cfg``, else what differs."""
     now = cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # a key an older checkpoint lacks had its default then
     diffs = [k for k in sorted(set(saved) | set(now))
-             if k not in RESUMABLE_DIFFERENCES and _norm(saved.get(k)) != _norm(now.get(k))]
+             if k not in RESUMABLE_DIFFERENCES and _norm(saved.get(k, defaults.get(k))) != _norm(now.get(k))]
     return ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {now.get(k)!r}" for k in diffs)
 
 

@@ -346,3 +346,78 @@ def test_history_is_written_with_each_checkpoint(tiny_data, tmp_path):
     hist = json.loads((tmp_path / "history.json").read_text())
     assert [r["epoch"] for r in hist] == [1, 2, 3] == [r["epoch"] for r in load_checkpoint(
         tmp_path / CHECKPOINT_NAME)["history"]]
+
+
+def test_warmup_then_cosine_schedule():
+    from sgem.train import build_optimizer, build_scheduler
+
+    cfg = TrainConfig(data_root="x", epochs=10, lr=1e-3, min_lr=1e-5, warmup_epochs=3)
+    opt = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))])
+    sched = build_scheduler(cfg, opt)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-4) and lrs[1] < lrs[2] < lrs[3] == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(lrs[3:], lrs[4:])) and lrs[-1] > 1e-5  # cosine over the 7 others
+
+
+def test_weight_ema_follows_the_formula():
+    from sgem.train import WeightEMA
+
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(m, decay=0.9)
+    w0 = m[0].weight.detach().clone()
+    with torch.no_grad():
+        m[0].weight.add_(1.0)
+    m[1].num_batches_tracked += 5
+    ema.update(m)                       # d = min(0.9, 2/11)
+    d = 2 / 11
+    assert torch.allclose(ema.module[0].weight, d * w0 + (1 - d) * (w0 + 1))
+    assert int(ema.module[1].num_batches_tracked) == 5 and ema.updates == 1
+    for _ in range(200):
+        ema.update(m)
+    assert torch.allclose(ema.module[0].weight, m[0].weight, atol=1e-6)   # converges to constant weights
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_bn_recalibration_sets_the_statistics_of_the_data():
+    from sgem.train import recalibrate_batchnorm
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), torch.nn.BatchNorm2d(1))
+    torch.nn.init.ones_(model[0].weight)
+    images = [torch.full((1, 16, 16), float(v)) for v in (1.0, 2.0, 3.0, 4.0)]
+    model.eval()
+    n = recalibrate_batchnorm(model, images, mean=0.0, std=1.0, batch_size=2, channels_last=False,
+                              autocast_dtype=None)
+    bn = model[1]
+    assert n == 4 and bn.running_mean.item() == pytest.approx(2.5)   # (1.5 + 3.5) / 2
+    assert bn.running_var.item() == pytest.approx(0.25 * 512 / 511, rel=1e-4)  # unbiased batch variances
+    assert bn.momentum == 0.1 and not model.training
+
+
+def test_ema_final_crop_and_bn_recalibration_train_and_resume_exactly(tiny_data, tmp_path):
+    kw = dict(epochs=4, ema_decay=0.9, final_crop_size=64, final_epochs=1, bn_recalibrate=True, warmup_epochs=1)
+    straight = train(tiny_cfg(tiny_data, tmp_path / "a", **kw))
+    train(tiny_cfg(tiny_data, tmp_path / "b", **kw), stop_after_epochs=2)
+    train(tiny_cfg(tiny_data, tmp_path / "b", **kw))
+    a, b = load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME), load_checkpoint(tmp_path / "b" / CHECKPOINT_NAME)
+    assert_same_weights(a["model"], b["model"])
+    assert_same_weights(a["train_model"], b["train_model"])
+    assert [r["train/crop"] for r in a["history"]] == [32, 32, 32, 64]
+    assert a["ema_updates"] == 4 * 2 and straight["complete"]
+    # what is evaluated and exported is the average, not the trained weights
+    assert any(not torch.equal(a["model"][k], a["train_model"][k]) for k in a["model"])
+
+
+def test_precision_auto_resolves_and_is_recorded(tiny_data, tmp_path, monkeypatch):
+    import sgem.device as D
+
+    monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx2"})
+    summary = train(tiny_cfg(tiny_data, tmp_path / "no", epochs=1, precision="auto", deterministic=False))
+    assert summary["resolved"]["precision"] == "fp32" and not summary["resolved"]["channels_last"]
+    monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx512_bf16"})
+    summary = train(tiny_cfg(tiny_data, tmp_path / "yes", epochs=1, precision="auto", deterministic=False))
+    assert summary["resolved"] == {**summary["resolved"], "precision": "bf16", "channels_last": True}
+    assert load_checkpoint(tmp_path / "yes" / CHECKPOINT_NAME)["resolved"]["processor"]
