@@ -44,11 +44,12 @@ def parse_mode(mode: str) -> tuple[str, bool, bool]:
 
 
 def _module_macs(model: nn.Module, shape: tuple[int, int, int]) -> int | None:
-    try:
-        from .profiling import count_macs
+    from ._optional import MissingDependency
+    from .profiling import count_macs
 
+    try:
         return count_macs(model, shape, functional=False)
-    except ImportError:  # ptflops is optional for timing
+    except MissingDependency:  # ptflops is optional for timing
         return None
 
 

@@ -73,7 +73,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int], *, functiona
     pixel, stride^2 too many), to reproduce published tables; the default counts the
     real multiply-accumulates.
     """
-    from ptflops import get_model_complexity_info
+    from ._optional import require
+
+    get_model_complexity_info = require("ptflops", "counting MACs").get_model_complexity_info
 
     if transposed not in ("input", "output"):
         raise ValueError(f"transposed must be 'input' or 'output', got {transposed!r}")
