@@ -26,7 +26,14 @@ CHECKPOINT_FORMAT = "sgem-checkpoint-v1"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
+    """Write atomically; a failed write (a full disk, say) leaves the previous file and
+    raises an OSError that names the file."""
+    try:
+        atomic_write(path, lambda fh: torch.save(state, fh), binary=True)
+    except (OSError, RuntimeError) as exc:  # torch reports a short write as a RuntimeError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"{path}: could not write the checkpoint ({first[:200]}); is the disk full? "
+                      f"The previous checkpoint, if any, is unchanged") from exc
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -47,6 +54,11 @@ def model_from_checkpoint(state_or_path: dict[str, Any] | str | Path, device: st
                           ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained model (eval mode) and return it with the checkpoint."""
     state = state_or_path if isinstance(state_or_path, dict) else load_checkpoint(state_or_path)
+    where = state_or_path if not isinstance(state_or_path, dict) else "checkpoint"
+    bad = [k for k, v in state["model"].items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"{where}: {len(bad)} weight tensor(s) hold NaN or infinite values (e.g. {bad[0]}); "
+                         f"a diverged run's weights give meaningless predictions")
     cfg = state["config"]
     model = create_model(cfg["model"], **cfg.get("model_kwargs", {}))
     weights = {k: v.float() if v.is_floating_point() else v for k, v in state["model"].items()}

@@ -85,8 +85,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_params(path: str, key: str | None) -> dict:
     import yaml
 
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     for part in (key.split(".") if key else []):
         if not isinstance(data, dict) or part not in data:
             raise ValueError(f"{path}: key '{key}' not found")
@@ -99,13 +106,14 @@ def _load_params(path: str, key: str | None) -> dict:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_checkpoint, evaluate_pred_dir
 
-    if bool(args.checkpoint) == bool(args.pred_dir):
-        raise ValueError("give exactly one of --checkpoint CKPT or --pred-dir DIR")
+    if args.checkpoint and args.pred_dir:
+        raise ValueError("give one of --checkpoint CKPT or --pred-dir DIR, not both")
     kwargs = dict(split=args.split, split_file=args.split_file, out=args.out, curves=not args.no_curves,
                   threshold=args.threshold)
-    if args.checkpoint:
-        result = evaluate_checkpoint(args.checkpoint, args.data, device=args.device, save_pred=args.save_pred,
-                                     **kwargs)
+    if not args.pred_dir:
+        checkpoint = args.checkpoint or _shipped_weights()
+        result = evaluate_checkpoint(checkpoint, args.data, device=args.device, save_pred=args.save_pred,
+                                     precision=args.precision, **kwargs)
     else:
         result = evaluate_pred_dir(args.pred_dir, args.data, **kwargs)
     keys = ("iou", "niou", "precision", "recall", "f1", "pd", "fa", "fa_legacy")
@@ -113,10 +121,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shipped_weights() -> str:
+    from .evaluate import default_checkpoint
+
+    path = default_checkpoint()
+    print(f"using the shipped weights {path} (sgem/weights/MODEL_CARD.md); --checkpoint to use others", flush=True)
+    return str(path)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .evaluate import predict_paths
 
-    written = predict_paths(args.checkpoint, args.paths, args.out, device=args.device, threshold=args.threshold)
+    checkpoint = args.checkpoint or _shipped_weights()
+    written = predict_paths(checkpoint, args.paths, args.out, device=args.device, threshold=args.threshold,
+                            precision=args.precision, tile=args.tile)
     print(f"wrote masks, probability maps and overlays for {len(written)} image(s) to {args.out}")
     return 0
 
@@ -234,8 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="score a checkpoint, or saved predictions of any method")
-    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--checkpoint", default=None, help="default: the shipped weights (sgem/weights/MODEL_CARD.md)")
     p.add_argument("--pred-dir", default=None, help="PNG maps named by stem (8-bit /255, 16-bit /65535)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
+                   help="inference precision (default fp32, the reference; auto: bf16 + channels_last where "
+                        "the device computes bf16 natively)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
     p.add_argument("--split-file", default=None)
@@ -285,9 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_join)
 
     p = sub.add_parser("predict", help="masks, probability maps and overlays for images or folders")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", default=None, help="default: the shipped weights (sgem/weights/MODEL_CARD.md)")
     p.add_argument("paths", nargs="+")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
+                   help="default auto: bf16 + channels_last where the device computes bf16 natively, else fp32")
+    p.add_argument("--tile", type=int, default=1024,
+                   help="images larger than this on a side are predicted in overlapping tiles of this size, "
+                        "so memory stays bounded (default 1024; 0: never)")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_predict)
@@ -301,8 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.command_line = " ".join(["sgem", *argv])
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError, TypeError, FloatingPointError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError, TypeError, FloatingPointError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(msg):
+            msg = f"{exc.filename}: {exc.strerror or msg}"
         print(f"sgem {args.command}: error: {msg}", file=sys.stderr)
         return 2
 

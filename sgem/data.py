@@ -2,7 +2,7 @@
 
 Layout (NUDT-SIRST, SIRST, IRSTD-1k as distributed)::
 
-    ROOT/images/<stem>.png      any PIL-readable image: L, RGB, RGBA, P, I;16; any size
+    ROOT/images/<stem>.png      any image Pillow reads (every mode: sgem.imageio); any size
     ROOT/masks/<stem><suffix>.png   suffix "" or e.g. "_pixels0" (SIRST)
     ROOT/train.txt, ROOT/test.txt   one stem per line (LF or CRLF); other names by parameter
 
@@ -10,16 +10,17 @@ What public copies contain, and what happens to it:
 
 * CRLF split lists, a UTF-8 BOM, trailing blanks, blank lines, a file extension on a
   stem: accepted and normalised.
-* Colour images are converted to one grey channel (ITU-R 601 luma, PIL's ``L``); NUDT's
-  RGB PNGs have equal channels, so nothing is lost. Palette images go through RGB(A);
-  16-bit images are scaled to [0, 1] by 65535.
-* Masks: a pixel is target if its grey value is > 127 (or > 0 for masks stored as
-  {0, 1}). Masks with values other than {0, 255} / {0, 1} are thresholded and counted
-  in a warning, never silently.
+* Images, masks and prediction maps are read by one reader (:mod:`sgem.imageio`, which
+  has the rule for every Pillow mode): colour to one grey channel (ITU-R 601 luma; NUDT's
+  RGB PNGs have equal channels, so nothing is lost), 16-bit scaled by 65535, float
+  TIFFs taken as they are when in [0, 1]; anything else is refused with the file named.
+* Masks: {0, 1} in any container is binary; otherwise a pixel is target above half
+  the full scale (grey > 127 for 8-bit). Masks with other values than the two extremes
+  are thresholded and counted in a warning, never silently.
 
 Validation (:func:`validate_dataset`) reports every problem at once, each naming the
 file and what was expected: missing image or mask, unreadable file, image/mask size
-mismatch, duplicate stems, empty split, overlapping splits.
+mismatch, duplicate stems, several files for one stem, empty split, overlapping splits.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+
+from .imageio import ImageReadError, read_image, read_mask, read_raw
 
 IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_MASK_SUFFIXES = ("", "_pixels0", "_mask")
@@ -51,7 +53,13 @@ class DatasetError(ValueError):
 def read_split(path: str | Path) -> list[str]:
     """Stems listed in a split file (CRLF, BOM, blanks and extensions tolerated)."""
     path = Path(path)
-    text = path.read_bytes().decode("utf-8-sig")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: split list is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                         f"expected one stem per line") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder; expected a split list file (one stem per line)") from None
     stems = []
     for line in text.splitlines():
         stem = line.strip()
@@ -74,44 +82,25 @@ def find_image(directory: Path, stem: str, suffixes: Iterable[str] = ("",)) -> P
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """A grey image as float32 (H, W) in [0, 1]."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float32)
-            return np.clip(arr / 65535.0, 0.0, 1.0)
-        if im.mode == "P":
-            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-        if im.mode in ("RGBA", "LA"):
-            im = im.convert(im.mode[:-1])
-        if im.mode != "L":
-            im = im.convert("L")
-        return np.asarray(im, dtype=np.float32) / 255.0
-
-
-def load_mask_raw(path: str | Path) -> np.ndarray:
-    """The mask's grey values (uint8 or uint16), before thresholding."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode == "P":
-            im = im.convert("L")
-        elif im.mode in ("RGB", "RGBA", "LA"):
-            im = im.convert("L")
-        elif im.mode == "1":
-            return np.asarray(im, dtype=np.uint8)
-        return np.asarray(im)
-
-
-def binarize_mask(raw: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Threshold a raw mask; return (mask, was_strictly_binary)."""
-    values = np.unique(raw)
-    if values.size and values.max() <= 1:
-        return raw > 0, bool(np.isin(values, (0, 1)).all())
-    return raw > 127, bool(np.isin(values, (0, 255)).all())
+    """A grey image as float32 (H, W) in [0, 1] (the rules per mode: :mod:`sgem.imageio`)."""
+    return read_image(path)
 
 
 def load_mask(path: str | Path) -> np.ndarray:
-    return binarize_mask(load_mask_raw(path))[0]
+    """A target mask as bool (H, W) (:func:`sgem.imageio.read_mask`)."""
+    return read_mask(path)[0]
+
+
+def image_files(directory: Path, stem: str, suffixes: Iterable[str] = ("",)) -> list[Path]:
+    """Every file in ``directory`` that could be the image of ``stem`` (several: ambiguous)."""
+    found = []
+    for suffix in suffixes:
+        for ext in IMAGE_EXTS:
+            for e in dict.fromkeys((ext, ext.upper())):
+                p = directory / f"{stem}{suffix}{e}"
+                if p.is_file() and p not in found:
+                    found.append(p)
+    return found
 
 
 @dataclass
@@ -223,8 +212,14 @@ def validate_dataset(
                                        f"(splits must not overlap)")
                 continue
             seen[stem] = name
-            img = find_image(img_dir, stem)
-            msk = find_image(msk_dir, stem, mask_suffixes)
+            imgs = image_files(img_dir, stem)
+            msks = image_files(msk_dir, stem, mask_suffixes)
+            for files, what in ((imgs, "image"), (msks, "mask")):
+                if len(files) > 1:
+                    report.problems.append(f"{files[0].parent}: {len(files)} files could be the {what} of stem "
+                                           f"'{stem}' ({', '.join(f.name for f in files)}); keep one")
+            img = imgs[0] if imgs else None
+            msk = msks[0] if msks else None
             if img is None:
                 report.problems.append(f"{img_dir}/{stem}.*: image for stem '{stem}' (split '{name}') not found")
             if msk is None:
@@ -239,24 +234,22 @@ def validate_dataset(
         non_binary: list[str] = []
         for samples in report.splits.values():
             for s in samples:
-                try:
-                    with Image.open(s.image) as im:
-                        img_size, mode = im.size, im.mode
-                        im.verify()
-                except Exception as exc:  # PIL raises many types for broken files
-                    report.problems.append(f"{s.image}: cannot read image ({exc})")
+                try:  # fully decoded by the reader the training uses: truncated files fail here
+                    raw, _, mode = read_raw(s.image)
+                except ImageReadError as exc:
+                    report.problems.append(str(exc))
                     continue
+                img_size = (raw.shape[1], raw.shape[0])
                 try:
-                    raw = load_mask_raw(s.mask)
-                except Exception as exc:
-                    report.problems.append(f"{s.mask}: cannot read mask ({exc})")
+                    mask, strict = read_mask(s.mask)
+                except ImageReadError as exc:
+                    report.problems.append(str(exc).replace("as an image", "as a mask"))
                     continue
-                if raw.shape[::-1] != img_size:
+                if mask.shape[::-1] != img_size:
                     report.problems.append(
-                        f"{s.mask}: mask is {raw.shape[1]}x{raw.shape[0]} but image {s.image.name} is "
+                        f"{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {s.image.name} is "
                         f"{img_size[0]}x{img_size[1]} (width x height; they must agree)")
                     continue
-                mask, strict = binarize_mask(raw)
                 if not strict:
                     non_binary.append(s.mask.name)
                 key = f"{img_size[0]}x{img_size[1]}"
@@ -269,7 +262,8 @@ def validate_dataset(
         report.non_binary_masks = len(non_binary)
         if non_binary:
             report.warnings.append(
-                f"{len(non_binary)} mask(s) are not strictly binary and were thresholded at > 127 "
+                f"{len(non_binary)} mask(s) are not strictly binary and were thresholded at half the full "
+                f"scale (> 127 for 8-bit) "
                 f"(e.g. {', '.join(non_binary[:3])})")
     return report
 

@@ -25,31 +25,87 @@ from PIL import Image
 from torch import nn
 
 from .data import IMAGE_EXTS, load_image, load_split
+from .imageio import read_prediction
 from .io import atomic_write, atomic_write_json
 from .metrics import IRSTDMetrics
 from .models import pad_to_multiple
 
 
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "sgem_unet_nudt.pt"
+
+
+def default_checkpoint() -> Path:
+    """The weights shipped with the package (``sgem/weights/MODEL_CARD.md``), used by
+    ``sgem predict`` and ``sgem evaluate`` when no checkpoint is given."""
+    if not DEFAULT_WEIGHTS.is_file():
+        raise FileNotFoundError(f"{DEFAULT_WEIGHTS}: the shipped weights are missing from this installation; "
+                                f"give --checkpoint")
+    return DEFAULT_WEIGHTS
+
+
 @torch.inference_mode()
 def predict_probs(model: nn.Module, images: Sequence[np.ndarray], *, mean: float, std: float,
-                  device: torch.device | str = "cpu", batch_size: int = 8, multiple: int = 16
-                  ) -> list[np.ndarray]:
-    """Probabilities (float32, each image's own size) for a list of grey images in [0, 1]."""
+                  device: torch.device | str = "cpu", batch_size: int = 8, multiple: int = 16,
+                  precision: str = "fp32", channels_last: bool = False, tile: int = 0) -> list[np.ndarray]:
+    """Probabilities (float32, each image's own size) for a list of grey images in [0, 1].
+
+    ``precision`` 'bf16' runs the model under bf16 autocast (the probabilities are
+    computed in float32 from its logits); ``channels_last`` converts model and input.
+    ``tile`` > 0: an image larger than ``tile`` on a side is predicted in overlapping
+    ``tile`` x ``tile`` windows (a quarter of a tile's overlap; probabilities averaged
+    where windows overlap), so memory stays bounded whatever the image size."""
     device = torch.device(device)
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16' here (resolve 'auto' first), got {precision!r}")
+    if tile and (tile % multiple or tile < 2 * multiple):
+        raise ValueError(f"tile must be a multiple of {multiple} and at least {2 * multiple}, got {tile}")
     model.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return torch.sigmoid(model(x).float())
     out: list[np.ndarray] = []
     i = 0
     while i < len(images):
+        if tile and max(images[i].shape) > tile:  # one large image: overlapping tiles, bounded memory
+            x = (torch.from_numpy(np.ascontiguousarray(images[i]))[None, None].to(device) - mean) / std
+            out.append(_tiled(run, x, tile, multiple).cpu().numpy())
+            i += 1
+            continue
         j = i + 1
         while j < len(images) and j - i < batch_size and images[j].shape == images[i].shape:
             j += 1
         x = torch.from_numpy(np.stack(images[i:j])).unsqueeze(1).to(device)
         x = (x - mean) / std
         x, (h, w) = pad_to_multiple(x, multiple)
-        probs = torch.sigmoid(model(x).float())[:, 0, :h, :w].cpu().numpy()
+        probs = run(x)[:, 0, :h, :w].cpu().numpy()
         out.extend(probs)
         i = j
     return out
+
+
+def _tiled(run, x: torch.Tensor, tile: int, multiple: int) -> torch.Tensor:
+    """(H, W) probabilities of one normalised (1, 1, H, W) image from overlapping windows."""
+    x, (h, w) = pad_to_multiple(x, multiple)
+    H, W = x.shape[-2:]
+    th, tw = min(tile, H), min(tile, W)
+    step_h, step_w = max(multiple, th - th // 4), max(multiple, tw - tw // 4)
+
+    def starts(size: int, t: int, step: int) -> list[int]:
+        s = list(range(0, size - t + 1, step))
+        return s if s[-1] == size - t else s + [size - t]
+
+    acc = torch.zeros((H, W), dtype=torch.float32, device=x.device)
+    cnt = torch.zeros((H, W), dtype=torch.float32, device=x.device)
+    for y0 in starts(H, th, step_h):
+        for x0 in starts(W, tw, step_w):
+            acc[y0:y0 + th, x0:x0 + tw] += run(x[..., y0:y0 + th, x0:x0 + tw])[0, 0]
+            cnt[y0:y0 + th, x0:x0 + tw] += 1
+    return (acc / cnt)[:h, :w]
 
 
 def evaluate_arrays(probs: Iterable[np.ndarray], masks: Iterable[np.ndarray], *, curves: bool = True,
@@ -63,9 +119,11 @@ def evaluate_arrays(probs: Iterable[np.ndarray], masks: Iterable[np.ndarray], *,
 
 def evaluate_model(model: nn.Module, data_root: str | Path, split: str = "test", *, split_file: str | None = None,
                    mean: float, std: float, device: torch.device | str = "cpu", curves: bool = True,
-                   save_pred: str | Path | None = None, **metric_kwargs: Any) -> dict[str, Any]:
+                   save_pred: str | Path | None = None, precision: str = "fp32", channels_last: bool = False,
+                   **metric_kwargs: Any) -> dict[str, Any]:
     stems, images, masks = load_split(data_root, split, split_file=split_file)
-    probs = predict_probs(model, images, mean=mean, std=std, device=device)
+    probs = predict_probs(model, images, mean=mean, std=std, device=device, precision=precision,
+                          channels_last=channels_last)
     if save_pred is not None:
         for stem, p in zip(stems, probs):
             save_probability_png(Path(save_pred) / f"{stem}.png", p)
@@ -78,18 +136,21 @@ def evaluate_model(model: nn.Module, data_root: str | Path, split: str = "test",
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: str = "test", *,
                         split_file: str | None = None, device: str = "cpu", curves: bool = True,
                         save_pred: str | Path | None = None, out: str | Path | None = None,
-                        **metric_kwargs: Any) -> dict[str, Any]:
+                        precision: str = "fp32", **metric_kwargs: Any) -> dict[str, Any]:
     from .checkpoint import model_from_checkpoint
-    from .device import resolve_device
+    from .device import resolve_device, resolve_precision
     from .profiling import environment_info
 
     dev = resolve_device(device)
+    prec, channels_last = resolve_precision(precision, dev)
     model, state = model_from_checkpoint(checkpoint, dev)
     norm = state["normalization"]
     result = evaluate_model(model, data_root, split, split_file=split_file, mean=norm["mean"], std=norm["std"],
-                            device=dev, curves=curves, save_pred=save_pred, **metric_kwargs)
+                            device=dev, curves=curves, save_pred=save_pred, precision=prec,
+                            channels_last=channels_last, **metric_kwargs)
     result["checkpoint"] = {"path": str(checkpoint), "epoch": state["epoch"], "epochs": state["config"]["epochs"],
                             "model": state["config"]["model"], "selection": "last epoch"}
+    result["inference"] = {"precision": prec, "channels_last": channels_last, "requested": precision}
     result["environment"] = environment_info(dev)
     if out is not None:
         atomic_write_json(out, result)
@@ -97,20 +158,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
 
 
 def load_prediction(path: str | Path) -> np.ndarray:
-    """A saved prediction map as probabilities in [0, 1] (see module docstring)."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode == "1":
-            return np.asarray(im, dtype=np.float32)
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(im, dtype=np.float64) / 65535.0
-        else:
-            if im.mode != "L":
-                im = im.convert("L")
-            arr = np.asarray(im, dtype=np.float64) / 255.0
-    if arr.min() < 0 or arr.max() > 1:
-        raise ValueError(f"{path}: values outside the 8/16-bit range ({arr.min()}..{arr.max()})")
-    return arr.astype(np.float32)
+    """A saved prediction map as probabilities in [0, 1] (:func:`sgem.imageio.read_prediction`:
+    8-bit maps / 255, 16-bit / 65535, float as is, and any map holding only 0 and 1 as binary)."""
+    return read_prediction(path)
 
 
 def evaluate_pred_dir(pred_dir: str | Path, data_root: str | Path, split: str = "test", *,
@@ -177,20 +227,36 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
-def predict_paths(checkpoint: str | Path, paths: Sequence[str | Path], out_dir: str | Path, *,
-                  device: str = "cpu", threshold: float = 0.5) -> list[dict[str, Any]]:
-    """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (16-bit) and ``<stem>_overlay.png``."""
+def predict_paths(checkpoint: str | Path | None, paths: Sequence[str | Path], out_dir: str | Path, *,
+                  device: str = "cpu", threshold: float = 0.5, precision: str = "auto",
+                  tile: int = 1024) -> list[dict[str, Any]]:
+    """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (16-bit) and ``<stem>_overlay.png``.
+    ``checkpoint`` None: the shipped weights (:func:`default_checkpoint`). Images larger
+    than ``tile`` on a side are predicted in overlapping tiles (0: never)."""
     from .checkpoint import model_from_checkpoint
-    from .device import resolve_device
+    from .device import resolve_device, resolve_precision
 
-    dev = resolve_device(device)
-    model, state = model_from_checkpoint(checkpoint, dev)
-    norm = state["normalization"]
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: is a file; --out must be a folder for the predictions")
+    files = _expand(paths)
+    by_stem: dict[str, list[Path]] = {}
+    for f in files:
+        by_stem.setdefault(f.stem, []).append(f)
+    clashes = {k: v for k, v in by_stem.items() if len(v) > 1}
+    if clashes:
+        k, v = next(iter(clashes.items()))
+        raise ValueError(f"{len(clashes)} name(s) occur in several inputs and would overwrite each other's "
+                         f"outputs (e.g. '{k}': {', '.join(map(str, v))}); predict them into separate --out folders")
+    dev = resolve_device(device)
+    prec, channels_last = resolve_precision(precision, dev)
+    model, state = model_from_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(), dev)
+    norm = state["normalization"]
     written = []
-    for f in _expand(paths):
+    for f in files:
         image = load_image(f)
-        prob = predict_probs(model, [image], mean=norm["mean"], std=norm["std"], device=dev)[0]
+        prob = predict_probs(model, [image], mean=norm["mean"], std=norm["std"], device=dev, precision=prec,
+                             channels_last=channels_last, tile=tile)[0]
         mask = prob > threshold
         save_png(out_dir / f"{f.stem}_mask.png", (mask * 255).astype(np.uint8))
         save_probability_png(out_dir / f"{f.stem}_prob.png", prob)

@@ -107,3 +107,67 @@ def join_parts(manifest_path: str | os.PathLike, out: str | os.PathLike | None =
         raise ValueError(f"{manifest_path}: the joined file does not match the manifest's size and sha256")
     target = Path(out) if out is not None else manifest_path.with_name(manifest["file"])
     return atomic_write(target, lambda fh: fh.write(data), binary=True)
+
+
+# ----------------------------------------------------------------------------- run-folder lock
+
+class RunLock:
+    """An exclusive lock on a run folder: ``.lock`` holds the owner's PID, host and start
+    time, created atomically (O_EXCL). A second process finds it and stops with a message
+    naming the owner; a lock whose process is gone (same host, PID not alive) is taken
+    over with a notice. Released (deleted) by :meth:`release`."""
+
+    def __init__(self, folder: str | os.PathLike, notice: Callable[[str], None] | None = None) -> None:
+        self.path = Path(folder) / ".lock"
+        self.notice = notice or (lambda msg: None)
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        import socket
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner and owner.get("host") == me["host"] and not _pid_alive(owner.get("pid")):
+                    self.notice(f"{self.path}: taking over the lock of a run that is gone "
+                                f"(pid {owner.get('pid')}, since {owner.get('since')})")
+                    self.path.unlink(missing_ok=True)
+                    continue
+                who = (f"pid {owner.get('pid')} on {owner.get('host')}, since {owner.get('since')}" if owner
+                       else "an unreadable lock file")
+                raise RuntimeError(f"{self.path.parent}: another run is using this folder ({who}); wait for it "
+                                   f"to end, or use another output folder (if no run is going on, delete {self.path})")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise RuntimeError(f"{self.path}: could not take the lock")
+
+    def _owner(self) -> dict[str, Any] | None:
+        try:
+            owner = json.loads(self.path.read_text())
+            return owner if isinstance(owner, dict) else None
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

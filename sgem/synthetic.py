@@ -108,8 +108,8 @@ def _local_stats(img: np.ndarray, cy: int, cx: int, r: int = 10) -> tuple[float,
 
 def make_sample(seed: int, index: int, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """One (image uint8 (H, W), mask bool (H, W)) pair."""
-    if size < 32:
-        raise ValueError(f"size must be >= 32, got {size}")
+    if size < 40:  # targets keep an 8-pixel margin and up to 12 pixels of radius
+        raise ValueError(f"size must be >= 40, got {size}")
     rng = np.random.default_rng([seed, index])
     kind = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
     img = _background(rng, size, kind)

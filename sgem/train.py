@@ -43,9 +43,9 @@ from torch import nn
 
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_weights,  # noqa: F401  (re-exported)
                          load_checkpoint, model_from_checkpoint, restore_rng, rng_state, save_checkpoint)
-from .data import image_stats, load_split, to_tensors
+from .data import image_stats, load_split, to_tensors, validate_dataset
 from .device import cpu_name, resolve_device, resolve_precision
-from .io import atomic_write_json
+from .io import RunLock, atomic_write_json
 from .losses import SoftIoULoss
 from .models import create_model, pad_to_multiple
 
@@ -54,7 +54,7 @@ from .models import create_model, pad_to_multiple
 # capture may change between chunks of one run)
 RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "eval_every", "progress",
                          "dvclive", "num_threads", "on_config_change", "precision", "channels_last", "compile",
-                         "cuda_graph"}
+                         "cuda_graph", "allow_split_overlap"}
 
 
 @dataclass
@@ -101,6 +101,7 @@ class TrainConfig:
     dvclive: bool = True
     num_threads: int = 0             # CPU threads for torch (0: torch's default)
     on_config_change: str = "error"  # error | restart: what to do with a checkpoint of other settings
+    allow_split_overlap: bool = False  # train and evaluation splits sharing images (refused by default)
 
     def validate(self) -> None:
         def bad(key: str, expected: str) -> None:
@@ -142,14 +143,52 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        """Build from a mapping (a YAML section, say), every value checked against its
+        field's type: a wrong type is an error naming the key, never a silent change
+        (``deterministic: "false"`` would otherwise be true). The one conversion: a float
+        field accepts a string that is a number, because YAML 1.1 reads ``1e-3`` as the
+        string '1e-3'."""
+        if not isinstance(d, dict):
+            raise ValueError(f"train config: expected a mapping of settings, got {type(d).__name__}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ValueError(f"train config: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
+            raise ValueError(f"train config: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+        return cls(**{k: _checked(k, str(fields[k].type), v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _checked(key: str, typ: str, value: Any) -> Any:
+    def bad(expected: str) -> ValueError:
+        return ValueError(f"train config: {key}={value!r} ({type(value).__name__}); expected {expected}")
+
+    if value is None and "None" in typ:
+        return None
+    base = typ.split("|")[0].strip()
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false (a YAML boolean, not a string or number)")
+    elif base == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+    elif base == "float":
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        return float(value)
+    elif base == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+    elif base.startswith("dict"):
+        if not isinstance(value, dict):
+            raise bad("a mapping")
+    return value
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -473,6 +512,8 @@ class _Logger:
         self.out_dir = out_dir
         self.live = None
         self.is_main = is_main
+        if is_main:  # the checkpoint's history is the source: history.json agrees with it from the start
+            atomic_write_json(out_dir / "history.json", history)
         if not (enabled and is_main):
             return
         try:
@@ -597,11 +638,16 @@ class Trainer:
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.out_dir = Path(cfg.out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"{self.out_dir}: is a file; out_dir must be a folder for the run")
         self.ckpt_path = self.out_dir / CHECKPOINT_NAME
+        if self.is_main:  # one run per folder
+            self.lock = RunLock(self.out_dir, notice=self.log).acquire()
         set_determinism(cfg.seed, cfg.deterministic)
         if self.is_main and self.out_dir.is_dir():  # temp files of a write killed half-way
             for stale in self.out_dir.glob(f".{CHECKPOINT_NAME}.*.tmp"):
                 stale.unlink(missing_ok=True)
+        self._check_splits()
 
         stems, images, masks = load_split(cfg.data_root, cfg.train_split, split_file=cfg.train_split_file)
         self.train_stems = len(stems)
@@ -629,6 +675,24 @@ class Trainer:
         self.bsz = min(cfg.batch_size, per_rank)
         self.steps = per_rank // self.bsz
 
+    def _check_splits(self) -> None:
+        """The training and evaluation splits, validated together before epoch 1: a
+        missing or broken evaluation file is found now, not after the last epoch, and a
+        stem in both splits is refused unless ``allow_split_overlap``."""
+        cfg = self.cfg
+        train_file = cfg.train_split_file or f"{cfg.train_split}.txt"
+        eval_file = cfg.eval_split_file or f"{cfg.eval_split}.txt"
+        same = Path(cfg.data_root, train_file).resolve() == Path(cfg.data_root, eval_file).resolve()
+        if cfg.allow_split_overlap or same:
+            if same and not cfg.allow_split_overlap:
+                raise ValueError(f"train config: the training and evaluation splits are the same list "
+                                 f"({train_file}); set allow_split_overlap: true to evaluate on training images")
+            validate_dataset(cfg.data_root, {cfg.eval_split: eval_file}).raise_if_bad()
+            return
+        names = {cfg.train_split: train_file, cfg.eval_split if cfg.eval_split != cfg.train_split
+                 else f"{cfg.eval_split} (evaluation)": eval_file}
+        validate_dataset(cfg.data_root, names).raise_if_bad()
+
     # -- resume ---------------------------------------------------------------------------
     def resume(self) -> None:
         cfg = self.cfg
@@ -637,8 +701,8 @@ class Trainer:
             if cfg.on_config_change != "restart":
                 raise ValueError(f"{self.ckpt_path}: cannot resume, the run's settings differ ({diffs}). "
                                  f"Use another out_dir, delete the checkpoint, or set on_config_change=restart.")
-            previous = self.ckpt_path.with_name("checkpoint.previous.pt")
-            if self.is_main:
+            previous = _free_name(self.ckpt_path.with_name("checkpoint.previous.pt"))
+            if self.is_main:  # every earlier run is kept, numbered
                 os.replace(self.ckpt_path, previous)
                 warnings.warn(f"{self.ckpt_path}: settings changed ({diffs}); starting over "
                               f"(the old checkpoint is now {previous.name})", stacklevel=3)
@@ -658,6 +722,37 @@ class Trainer:
             self.mean, self.std = state["normalization"]["mean"], state["normalization"]["std"]
             _match_optimizer_to_params(self.opt, self.fused)
         self._build_step()
+
+    def check_finite(self) -> None:
+        """Stop at the epoch where a weight or a BatchNorm statistic stops being finite
+        (a loss can stay finite while they overflow); the last checkpoint, written after
+        the same check, is finite."""
+        for what, module in (("model", self.model), ("averaged model", self.ema.module if self.ema else None)):
+            if module is None:
+                continue
+            for name, t in module.state_dict().items():
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    last = self.history[-1]["epoch"] if self.history else self.start_epoch
+                    raise FloatingPointError(
+                        f"non-finite values in the {what}'s {name} after epoch {self.epoch}; stopped. The last "
+                        f"checkpoint ({self.ckpt_path}, epoch {last}) is finite. Lower lr, or use precision='fp32'.")
+
+    def check_ranks_agree(self) -> None:
+        """With several processes, every rank must hold the same weights (DDP averages the
+        gradients); a checksum per rank, compared before each checkpoint, catches ranks
+        that train apart."""
+        if self.world == 1:
+            return
+        with torch.no_grad():
+            local = torch.stack([sum(p.detach().double().sum() for p in self.model.parameters()),
+                                 sum(p.detach().double().abs().sum() for p in self.model.parameters())])
+        gathered = [torch.zeros_like(local) for _ in range(self.world)]
+        dist.all_gather(gathered, local.to(self.device) if self.device.type == "cuda" else local)
+        ref = gathered[0].cpu()
+        for r, g in enumerate(gathered[1:], 1):
+            if not torch.allclose(g.cpu(), ref, rtol=1e-9, atol=1e-9):
+                raise RuntimeError(f"training processes disagree after epoch {self.epoch}: rank {r}'s weights "
+                                   f"differ from rank 0's (checksums {g.tolist()} vs {ref.tolist()})")
 
     def _build_step(self) -> None:
         cfg, model = self.cfg, self.model
@@ -773,6 +868,8 @@ class Trainer:
             return self._loop(call_start, stop_after_epochs, stop_after_seconds, on_epoch_end)
         finally:
             torch.use_deterministic_algorithms(self.was_deterministic)
+            if getattr(self, "lock", None) is not None:
+                self.lock.release()
             if self.started_dist:
                 dist.destroy_process_group()
 
@@ -792,7 +889,14 @@ class Trainer:
             final = self.epoch == cfg.epochs
             if final and cfg.bn_recalibrate:
                 self.recalibrate_bn()
-            if self.is_main and ((cfg.eval_every and self.epoch % cfg.eval_every == 0) or final):
+            self.check_finite()
+            evaluate_now = (cfg.eval_every and self.epoch % cfg.eval_every == 0) or final
+            if final and evaluate_now:
+                # the final weights are on disk before the final evaluation, which may fail
+                self.history.append(row)
+                self.save()
+                self.history.pop()
+            if self.is_main and evaluate_now:
                 self.evaluate(row)
             self.history.append(row)
             longest = max(longest, row["train/seconds"])
@@ -801,6 +905,7 @@ class Trainer:
                             and time.perf_counter() - call_start + longest > stop_after_seconds))
             checkpoint_now = self.epoch % cfg.checkpoint_every == 0 or final or stop_now
             if checkpoint_now:
+                self.check_ranks_agree()
                 self.save()
             if self.world > 1:
                 dist.barrier()
@@ -864,6 +969,16 @@ def _match_optimizer_to_params(opt: torch.optim.Optimizer, fused: bool) -> None:
                     st[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
                 else:
                     st[k] = v.to(p.device)
+
+
+def _free_name(path: Path) -> Path:
+    """``path``, or ``<stem>-2<suffix>``, ``-3``, ... : the first that does not exist."""
+    n = 1
+    candidate = path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
 
 
 def _config_differences(saved: dict[str, Any], cfg: TrainConfig) -> str:

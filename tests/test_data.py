@@ -126,7 +126,7 @@ def test_missing_split_file_and_folders(tmp_path):
 def test_unreadable_image_is_named(tmp_path):
     root = make_dataset(tmp_path)
     (root / "images" / "img1.png").write_bytes(b"not a png")
-    assert "img1.png: cannot read image" in problems(root)
+    assert "img1.png: cannot read as an image" in problems(root)
 
 
 def test_load_split_raises_every_problem(tmp_path):

@@ -15,10 +15,11 @@ from sgem.train import model_from_checkpoint
 REPO = Path(__file__).resolve().parents[1]
 NUDT = REPO.parent / "shared" / "datasets" / "NUDT-SIRST"
 GPU_RUN = REPO / "reports" / "nudt_gpu_522ep"
+WEIGHTS = REPO / "sgem" / "weights" / "sgem_unet_nudt.pt"
 
 
 def test_gpu_run_weights_load_with_their_provenance():
-    model, state = model_from_checkpoint(GPU_RUN / "sgem_unet_fp16.pt")
+    model, state = model_from_checkpoint(WEIGHTS)
     assert state["epoch"] == state["config"]["epochs"] == 522 and state["weights_dtype"] == "float16"
     assert state["config"]["model"] == "sgem_unet" and state["config"]["batch_size"] == 8
     summary = json.loads((GPU_RUN / "train_summary.json").read_text())
@@ -30,7 +31,7 @@ def test_gpu_run_weights_load_with_their_provenance():
 def test_gpu_run_weights_find_the_targets_of_a_few_test_images():
     """24 test images (not a benchmark: the full split is scored by `sgem evaluate`,
     `metrics.json`): the shipped weights must find nearly every target there."""
-    model, state = model_from_checkpoint(GPU_RUN / "sgem_unet_fp16.pt")
+    model, state = model_from_checkpoint(WEIGHTS)
     stems = read_split(NUDT / "test.txt")[::28][:24]
     images = [load_image(find_image(NUDT / "images", s)) for s in stems]
     masks = [load_mask(find_image(NUDT / "masks", s)) for s in stems]
@@ -39,3 +40,36 @@ def test_gpu_run_weights_find_the_targets_of_a_few_test_images():
     r = evaluate_arrays(probs, masks, curves=False)
     assert r["iou"] > 0.85 and r["pd"] > 0.9, r
     assert all(np.isfinite(p).all() for p in probs)
+
+
+def test_predict_with_no_checkpoint_uses_the_shipped_weights(tmp_path, capsys):
+    from PIL import Image
+
+    from sgem.cli import main
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((64, 80)) * 60 + 80).astype(np.uint8)
+    img[30:33, 40:43] = 255                       # a small bright target
+    Image.fromarray(img).save(tmp_path / "some.png")
+    out = tmp_path / "pred"
+    assert main(["predict", str(tmp_path / "some.png"), "--out", str(out)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("using the shipped weights") and "MODEL_CARD.md" in first
+    mask = np.asarray(Image.open(out / "some_mask.png"))
+    assert mask.shape == (64, 80) and mask[31, 41] == 255
+
+
+def test_bf16_and_fp32_inference_agree_on_the_shipped_weights():
+    from sgem.evaluate import predict_probs
+
+    model, state = model_from_checkpoint(WEIGHTS)
+    rng = np.random.default_rng(1)
+    images = [rng.random((64, 64), dtype=np.float32) * 0.3 + 0.3 for _ in range(2)]
+    for im in images:
+        im[20:23, 30:33] = 1.0
+    norm = state["normalization"]
+    p32 = predict_probs(model, images, mean=norm["mean"], std=norm["std"])
+    p16 = predict_probs(model, images, mean=norm["mean"], std=norm["std"], precision="bf16", channels_last=True)
+    for a, b in zip(p32, p16):
+        # bf16 moves probabilities near a target's edge a little; masks agree almost everywhere
+        assert np.mean((a > 0.5) != (b > 0.5)) < 2e-3 and np.abs(a - b).mean() < 1e-3

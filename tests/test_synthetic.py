@@ -1,6 +1,7 @@
 import hashlib
 
 import numpy as np
+from PIL import Image
 
 from sgem.cli import main
 from sgem.data import validate_dataset
@@ -25,10 +26,17 @@ def test_same_seed_gives_byte_identical_output(tmp_path):
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
-def test_image_i_does_not_depend_on_n():
-    a, _ = make_sample(0, 2, 64)
-    b, _ = make_sample(0, 2, 64)
-    assert np.array_equal(a, b)
+def test_image_i_does_not_depend_on_n(tmp_path):
+    """A dataset of 4 and one of 8 with the same seed share their first 4 images byte for byte."""
+    make_synthetic(tmp_path / "small", n=4, size=64, seed=2)
+    make_synthetic(tmp_path / "large", n=8, size=64, seed=2)
+    small = sorted((tmp_path / "small" / "images").iterdir())
+    assert len(small) == 4
+    for p in small:
+        assert p.read_bytes() == (tmp_path / "large" / "images" / p.name).read_bytes(), p.name
+    a, _ = make_sample(2, 2, 64)            # seed 2, index 2: the file 000003.png
+    assert np.array_equal(a, np.asarray(Image.open(next(
+        f for f in sorted((tmp_path / "large" / "images").iterdir()) if f.stem.endswith("0003")))))
 
 
 def test_output_is_a_valid_nudt_like_dataset(tmp_path, capsys):

@@ -213,8 +213,9 @@ def test_evaluate_and_predict_cli(tiny_data, tmp_path, capsys):
     for suffix in ("mask", "prob", "overlay"):
         assert Image.open(tmp_path / "pred" / f"odd_{suffix}.png").size == (70, 50)
     assert len(list((tmp_path / "pred").glob("*_mask.png"))) == 17
-    assert main(["evaluate", "--data", str(tiny_data)]) == 2
-    assert "exactly one of" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", ckpt, "--pred-dir", str(tmp_path), "--data", str(tiny_data)]) == 2
+    assert "not both" in capsys.readouterr().err
 
 
 def test_dvclive_never_initialises_dvc_in_the_users_repository(tiny_data, tmp_path, monkeypatch):
