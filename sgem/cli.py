@@ -171,6 +171,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
+    from .importers import import_checkpoint
+
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else None
+    summary = import_checkpoint(args.src, args.model, mean=args.mean, std=args.std, out=args.out,
+                                model_kwargs=kwargs, toolbox=args.toolbox)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _cmd_join(args: argparse.Namespace) -> int:
     from .io import join_parts
 
@@ -299,6 +309,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also split the file into parts of at most this many MiB, with a sha256 manifest "
                         "(OUT.parts.json); `sgem join` rebuilds it")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import-checkpoint", help="convert another toolbox's checkpoint into an sgem checkpoint",
+                       description="BasicIRSTD / LESPS / DNANet-repository weights of a model sgem implements, "
+                                   "renamed and checked tensor by tensor (sgem/importers.py lists the rules).")
+    p.add_argument("src")
+    p.add_argument("--model", required=True, help="sgem's name of the architecture (e.g. acm)")
+    p.add_argument("--mean", type=float, required=True, help="training normalisation mean, 0-255 grey units")
+    p.add_argument("--std", type=float, required=True, help="training normalisation std, 0-255 grey units")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model-kwargs", default=None, help="JSON object of sgem model arguments (default: none)")
+    p.add_argument("--toolbox", default="", help="where the weights come from (recorded)")
+    p.set_defaults(func=_cmd_import_checkpoint)
 
     p = sub.add_parser("join", help="rebuild a file from its parts and verify it (see export --part-mb)")
     p.add_argument("manifest", help="the .parts.json manifest (parts beside it)")

@@ -150,6 +150,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
                             channels_last=channels_last, **metric_kwargs)
     result["checkpoint"] = {"path": str(checkpoint), "epoch": state["epoch"], "epochs": state["config"]["epochs"],
                             "model": state["config"]["model"], "selection": "last epoch"}
+    if "imported_from" in state:
+        result["checkpoint"].update(selection="as released", imported_from=state["imported_from"])
     result["inference"] = {"precision": prec, "channels_last": channels_last, "requested": precision}
     result["environment"] = environment_info(dev)
     if out is not None:

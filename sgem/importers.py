@@ -1,0 +1,130 @@
+"""Checkpoints of other IRSTD toolboxes, converted into sgem checkpoints.
+
+The field's released weights (BasicIRSTD, LESPS, which follows BasicIRSTD, and the DNANet
+repository) store the architectures sgem reimplements under their own module names.
+:func:`import_checkpoint` unwraps the file (``state_dict``/``net``/``model`` wrappers,
+``model.``/``module.`` prefixes), renames the keys by the model's rules below, checks that
+every tensor sgem's model expects is there with the same shape (naming the first that is
+not), and writes an sgem checkpoint carrying the normalisation the weights were trained
+with. ``sgem evaluate``, ``predict``, ``export`` and ``bench`` then work on it as on sgem's
+own, with sgem's metrics.
+
+Normalisation: the toolboxes normalise grey values in 0-255 units, ``(v - mean) / std``
+with their dataset's mean and std; sgem reads images in [0, 1], so both are divided by
+255 (the same affine map).
+
+Renaming rules (regular expressions applied in order to each key after the prefix is
+removed), per model:
+
+* ``acm``, ``alcnet`` (BasicIRSTD's ResNet-style blocks): ``convN``/``bnN`` of a residual
+  block are sgem's ``body.0``/``body.1`` (first conv/BN) and ``body.3``/``body.4``
+  (second); ``downsample`` is ``down``; the FCN head's ``head.block.`` is ``head.``.
+  Checked on LESPS's released ACM (297 tensors, ``tests/test_importers.py``).
+
+Other models are refused until their mapping has been checked on real weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+from .models import create_model
+
+RESNET_BLOCK_RULES: list[tuple[str, str]] = [
+    (r"\.conv1\.", ".body.0."), (r"\.bn1\.", ".body.1."),
+    (r"\.conv2\.", ".body.3."), (r"\.bn2\.", ".body.4."),
+    (r"\.downsample\.", ".down."),
+    (r"^head\.block\.", "head."),
+]
+
+RULES: dict[str, list[tuple[str, str]]] = {
+    "acm": RESNET_BLOCK_RULES,
+    "alcnet": RESNET_BLOCK_RULES,
+}
+
+WRAPPERS = ("state_dict", "net", "model", "model_state_dict")
+PREFIXES = ("module.", "model.")
+
+
+def unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    """The tensor dict inside a loaded checkpoint, without wrappers or prefixes."""
+    for _ in range(3):
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            key = next((k for k in WRAPPERS if k in obj), None)
+            if key is None:
+                raise ValueError(f"{source}: no weights found (top-level keys {sorted(obj)[:8]}; expected a state "
+                                 f"dict or one under {', '.join(WRAPPERS)})")
+            obj = obj[key]
+    if not isinstance(obj, dict) or not obj:
+        raise ValueError(f"{source}: no weights found (expected a dict of tensors)")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    for prefix in PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+    return tensors
+
+
+def rename(tensors: dict[str, torch.Tensor], model: str) -> dict[str, torch.Tensor]:
+    rules = [(re.compile(a), b) for a, b in RULES[model]]
+    out = {}
+    for k, v in tensors.items():
+        for pattern, repl in rules:
+            k = pattern.sub(repl, k)
+        out[k] = v
+    return out
+
+
+def import_checkpoint(src: str | Path, model: str, *, mean: float, std: float, out: str | Path,
+                      model_kwargs: dict[str, Any] | None = None, toolbox: str = "") -> dict[str, Any]:
+    """Convert ``src`` (another toolbox's checkpoint) into an sgem checkpoint at ``out``.
+
+    ``mean`` and ``std``: the normalisation the weights were trained with, in 0-255 grey
+    units (as the toolboxes state it). Returns a summary (tensors, unused source keys)."""
+    src = Path(src)
+    if model not in RULES:
+        raise ValueError(f"no import rules for model '{model}' (available: {', '.join(sorted(RULES))})")
+    if not std > 0 or not 0 <= mean <= 255:
+        raise ValueError(f"mean={mean}, std={std}: expected the training normalisation in 0-255 grey units "
+                         f"(0 <= mean <= 255, std > 0)")
+    if not src.is_file():
+        raise FileNotFoundError(f"{src}: checkpoint not found")
+    raw = src.read_bytes()
+    try:
+        import io
+
+        loaded = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{src}: cannot load ({str(exc).splitlines()[0][:200]})") from None
+    tensors = rename(unwrap(loaded, str(src)), model)
+    kwargs = dict(model_kwargs or {})
+    net = create_model(model, **kwargs)
+    expected = net.state_dict()
+    for k, v in expected.items():
+        if k not in tensors:
+            raise ValueError(f"{src}: does not match sgem's '{model}' {kwargs or ''}: tensor '{k}' "
+                             f"{tuple(v.shape)} is missing (after renaming)")
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise ValueError(f"{src}: does not match sgem's '{model}': tensor '{k}' is {tuple(tensors[k].shape)} "
+                             f"in the file, {tuple(v.shape)} in sgem's model")
+    unused = sorted(set(tensors) - set(expected))
+    weights = {k: tensors[k].to(expected[k].dtype) for k in expected}
+    net.load_state_dict(weights)  # strict: a final check
+    state = {
+        "format": CHECKPOINT_FORMAT, "epoch": None,
+        "config": {"model": model, "model_kwargs": kwargs, "epochs": None},
+        "model": weights, "history": [], "best": None,
+        "normalization": {"mean": mean / 255.0, "std": std / 255.0, "source_units": "0-255",
+                          "source_mean": mean, "source_std": std},
+        "imported_from": {"file": src.name, "bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest(),
+                          "toolbox": toolbox, "unused_keys": unused},
+        "versions": {"torch": str(torch.__version__)},
+    }
+    save_checkpoint(out, state)
+    return {"out": str(out), "model": model, "tensors": len(weights), "unused_source_keys": unused,
+            "normalization": state["normalization"]}

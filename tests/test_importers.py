@@ -1,0 +1,87 @@
+"""Other toolboxes' checkpoints converted and scored with sgem's metrics."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from sgem.checkpoint import model_from_checkpoint
+from sgem.cli import main
+from sgem.importers import RESNET_BLOCK_RULES, import_checkpoint
+from sgem.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+LESPS_ACM = SHARED / "checkpoints" / "LESPS_SIRST3_ACM_full.pth.tar"
+NUDT = SHARED / "datasets" / "NUDT-SIRST"
+
+
+def basicirstd_names(state: dict) -> dict:
+    """sgem's ACM keys written as BasicIRSTD names them (the rules run backwards)."""
+    back = [(r"\.body\.0\.", ".conv1."), (r"\.body\.1\.", ".bn1."), (r"\.body\.3\.", ".conv2."),
+            (r"\.body\.4\.", ".bn2."), (r"\.down\.", ".downsample."), (r"^head\.", "head.block.")]
+    out = {}
+    for k, v in state.items():
+        for a, b in back:
+            k = re.sub(a, b, k)
+        out[k] = v
+    return out
+
+
+def test_a_basicirstd_style_acm_round_trips_exactly(tmp_path):
+    torch.manual_seed(0)
+    src_model = create_model("acm")
+    for m in src_model.modules():   # non-trivial statistics, so that a wrong mapping shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    wrapped = {"state_dict": {f"model.{k}": v for k, v in basicirstd_names(src_model.state_dict()).items()}}
+    torch.save(wrapped, tmp_path / "theirs.pth.tar")
+    summary = import_checkpoint(tmp_path / "theirs.pth.tar", "acm", mean=95.0, std=41.5, out=tmp_path / "ours.pt")
+    assert summary["tensors"] == len(src_model.state_dict()) and summary["unused_source_keys"] == []
+    model, state = model_from_checkpoint(tmp_path / "ours.pt")
+    x = torch.randn(2, 1, 64, 64)
+    src_model.eval()
+    assert torch.equal(model(x), src_model(x))
+    assert state["normalization"]["mean"] == pytest.approx(95.0 / 255) and state["imported_from"]["sha256"]
+
+
+def test_a_mismatching_checkpoint_names_the_tensor_and_both_shapes(tmp_path, capsys):
+    wide = create_model("acm", widths=[16, 32, 64, 128])
+    torch.save({"net": {f"module.{k}": v for k, v in basicirstd_names(wide.state_dict()).items()}},
+               tmp_path / "wide.pth")
+    code = main(["import-checkpoint", str(tmp_path / "wide.pth"), "--model", "acm", "--mean", "95", "--std", "41",
+                 "--out", str(tmp_path / "x.pt")])
+    err = capsys.readouterr().err
+    assert code == 2 and "tensor 'stem.1.weight' is (16, 1, 3, 3) in the file, (8, 1, 3, 3) in sgem's model" in err
+    assert not (tmp_path / "x.pt").exists()
+    assert main(["import-checkpoint", str(tmp_path / "wide.pth"), "--model", "uiunet", "--mean", "95", "--std", "41",
+                 "--out", str(tmp_path / "x.pt")]) == 2
+    assert "no import rules for model 'uiunet'" in capsys.readouterr().err
+
+
+def test_rules_cover_every_basicirstd_block_name():
+    names = ["layer1.0.conv1.weight", "layer1.0.bn2.running_var", "layer2.0.downsample.1.bias", "head.block.4.bias"]
+    out = []
+    for k in names:
+        for a, b in RESNET_BLOCK_RULES:
+            k = re.sub(a, b, k)
+        out.append(k)
+    assert out == ["layer1.0.body.0.weight", "layer1.0.body.4.running_var", "layer2.0.down.1.bias", "head.4.bias"]
+
+
+@pytest.mark.nudt
+@pytest.mark.skipif(not (LESPS_ACM.is_file() and NUDT.is_dir()),
+                    reason="LESPS's ACM checkpoint or NUDT-SIRST not present beside the repository")
+def test_lesps_acm_scores_its_published_nudt_sirst_iou(tmp_path, capsys):
+    """LESPS (CVPR 2023), Table 1, ACM with full labels on SIRST3: NUDT-SIRST test IoU 57.42."""
+    assert main(["import-checkpoint", str(LESPS_ACM), "--model", "acm", "--mean", "95.010", "--std", "41.511",
+                 "--out", str(tmp_path / "acm.pt")]) == 0
+    from sgem.evaluate import evaluate_checkpoint
+
+    r = evaluate_checkpoint(tmp_path / "acm.pt", NUDT, curves=False)
+    assert round(r["iou"] * 100, 2) == 57.42
+    assert r["counts"]["images"] == 664 and abs(r["pd"] * 100 - 91.75) < 0.5   # their Pd code differs in detail
