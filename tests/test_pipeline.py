@@ -71,16 +71,23 @@ def _check_reports(reports: Path, figures=FIGURES):
 
 
 def test_tiny_pipeline_in_a_clean_clone(tmp_path):
+    """The demo pipeline (on tiny params) leaves `git status` empty, DVC's reading
+    commands print no warnings, and a second repro runs nothing."""
     clone = _clone(tmp_path)
     (clone / "params.demo.yaml").write_text(yaml.safe_dump(TINY))
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "tiny demo"], clone)
     _run([BIN / "dvc", "repro", "figures@demo"], clone, timeout=900)
     _check_reports(clone / "reports" / "demo")
+    assert _run(["git", "status", "--porcelain"], clone).strip() == ""
     shown = _run([BIN / "dvc", "metrics", "show"], clone)
-    assert "reports/demo/metrics.json" in shown and "iou" in shown
-    assert "iou" in _run([BIN / "dvc", "exp", "show", "--csv"], clone)
+    assert "reports/metrics/demo.json" in shown and "iou" in shown
+    plots = _run([BIN / "dvc", "plots", "show", "-o", str(tmp_path / "plots")], clone)
+    for out in (shown, plots, _run([BIN / "dvc", "status"], clone)):
+        assert "WARNING" not in out and "failed" not in out.lower(), out
     again = _run([BIN / "dvc", "repro", "figures@demo"], clone)
     assert "didn't change" in again and "Running stage" not in again
-    # the paper profile is declared with its own params but was not run
+    assert _run(["git", "status", "--porcelain"], clone).strip() == ""
+    # the other profiles are declared with their own params but were not run
     assert not (clone / "reports" / "paper").exists()
 
 
