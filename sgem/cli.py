@@ -113,7 +113,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not args.pred_dir:
         checkpoint = args.checkpoint or _shipped_weights()
         result = evaluate_checkpoint(checkpoint, args.data, device=args.device, save_pred=args.save_pred,
-                                     precision=args.precision, **kwargs)
+                                     precision=args.precision, backend=args.backend, **kwargs)
     else:
         result = evaluate_pred_dir(args.pred_dir, args.data, **kwargs)
     keys = ("iou", "niou", "precision", "recall", "f1", "pd", "fa", "fa_legacy")
@@ -134,7 +134,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     checkpoint = args.checkpoint or _shipped_weights()
     written = predict_paths(checkpoint, args.paths, args.out, device=args.device, threshold=args.threshold,
-                            precision=args.precision, tile=args.tile)
+                            precision=args.precision, tile=args.tile, backend=args.backend)
     print(f"wrote masks, probability maps and overlays for {len(written)} image(s) to {args.out}")
     return 0
 
@@ -159,9 +159,93 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parity_images(args: argparse.Namespace, multiple: int) -> tuple[list, str]:
+    """Test images for the ONNX parity check (--data), else seeded synthetic ones."""
+    import numpy as np
+
+    if args.data:
+        from .data import load_split
+
+        _, images, _ = load_split(args.data, args.split)
+        usable = [im for im in images if im.shape[0] % multiple == 0 and im.shape[1] % multiple == 0]
+        if not usable:
+            raise ValueError(f"{args.data}: no '{args.split}' image has sides that are multiples of {multiple}")
+        return usable[: args.parity_images], f"{len(usable[: args.parity_images])} '{args.split}' images of {args.data}"
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(args.parity_images):
+        im = (rng.random((256, 256)) * 0.3 + 0.3).astype(np.float32)
+        y, x = rng.integers(20, 236, 2)
+        im[y:y + 3, x:x + 3] = 1.0   # a small bright target, so that masks are not all background
+        images.append(im)
+    return images, f"{len(images)} synthetic 256x256 images (seed 0)"
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .checkpoint import model_from_checkpoint
+    from .deploy import export_onnx, sha256_file
+    from .models import create_model
+
+    if bool(args.checkpoint) == bool(args.model):
+        raise ValueError("give --checkpoint CKPT (trained weights) or --model NAME (untrained, for testing a "
+                         "deployment), not both")
+    if args.checkpoint:
+        model, state = model_from_checkpoint(args.checkpoint)
+        name, kwargs = state["config"]["model"], state["config"].get("model_kwargs", {})
+        norm = {"mean": state["normalization"]["mean"], "std": state["normalization"]["std"]}
+        source, sha = str(args.checkpoint), sha256_file(args.checkpoint)
+    else:
+        kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+        model, name = create_model(args.model, **kwargs).eval(), args.model
+        norm, source, sha = {"mean": 0.5, "std": 0.25}, "untrained (random weights)", ""
+    images, where = _parity_images(args, int(getattr(model, "size_multiple", 16)))
+    report = export_onnx(model, args.out, name=name, model_kwargs=kwargs, normalization=norm, images=images,
+                         source=source, source_sha256=sha, atol=args.atol)
+    print(json.dumps(report | {"parity_images": where}, indent=2))
+    return 0
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .data import load_split
+    from .deploy import quantize_int8
+
+    stems, images, _ = load_split(args.data, args.split)
+    if args.split == "test":
+        raise ValueError("calibrate on training images only (--split train), never on the test split")
+    import numpy as np
+
+    order = np.random.default_rng(args.seed).permutation(len(stems))[: args.calibration]
+    chosen = sorted(int(i) for i in order)
+    note = {"data": str(args.data), "split": args.split, "count": len(chosen), "seed": args.seed,
+            "stems": [stems[i] for i in chosen]}
+    result = quantize_int8(args.onnx, args.out, [images[i] for i in chosen], calibration_note=note)
+    print(json.dumps({k: v for k, v in result.items() if k != "calibration"} |
+                     {"calibration": {k: v for k, v in note.items() if k != "stems"}}, indent=2))
+    return 0
+
+
+def _cmd_bench_deploy(args: argparse.Namespace) -> int:
+    from .deploy import deploy_bench, deploy_markdown
+    from .io import atomic_write_json, atomic_write_text
+
+    report = deploy_bench(args.checkpoint, args.onnx, args.onnx_int8, data=args.data, batches=args.batch,
+                          warmup_s=args.warmup_s, budget_s=args.budget_s)
+    report["command"] = args.command_line
+    md = f"Command: `{args.command_line}`\n\n" + deploy_markdown(report)
+    atomic_write_json(f"{args.out}.json", report)
+    atomic_write_text(f"{args.out}.md", md)
+    print(md)
+    print(f"wrote {args.out}.json and {args.out}.md")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx":
+        return _cmd_export_onnx(args)
     from .checkpoint import export_weights
 
+    if not args.checkpoint:
+        raise ValueError("--checkpoint is required for --format torch")
     result = export_weights(args.checkpoint, args.out, half=not args.fp32)
     if args.part_mb is not None:
         from .io import split_into_parts
@@ -264,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a checkpoint, or saved predictions of any method")
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights (sgem/weights/MODEL_CARD.md)")
     p.add_argument("--pred-dir", default=None, help="PNG maps named by stem (8-bit /255, 16-bit /65535)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: --checkpoint is an .onnx file from `sgem export --format onnx` (the [deploy] extra)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="inference precision (default fp32, the reference; auto: bf16 + channels_last where "
                         "the device computes bf16 natively)")
@@ -301,14 +387,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params-key", default=None, help="dotted key of the settings inside --params (e.g. bench)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("export", help="compact inference weights (fp16) from a training checkpoint")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("export", help="compact inference weights (fp16), or an ONNX file with a parity check")
+    p.add_argument("--checkpoint", default=None)
     p.add_argument("--out", required=True)
+    p.add_argument("--format", choices=["torch", "onnx"], default="torch",
+                   help="torch: compact sgem checkpoint (default); onnx: dynamic batch/height/width, checked "
+                        "against PyTorch fp32")
+    p.add_argument("--model", default=None, help="onnx only: export an untrained registered model instead")
+    p.add_argument("--model-kwargs", default=None, help="onnx with --model: JSON model arguments")
+    p.add_argument("--data", default=None, help="onnx: dataset whose images the parity check uses")
+    p.add_argument("--split", default="test", help="onnx: split of --data for the parity check (default test)")
+    p.add_argument("--parity-images", type=int, default=8, help="onnx: images in the parity check (default 8)")
+    p.add_argument("--atol", type=float, default=1e-3,
+                   help="onnx: largest allowed |logit difference| to PyTorch fp32 (default 1e-3)")
     p.add_argument("--fp32", action="store_true", help="keep fp32 weights")
     p.add_argument("--part-mb", type=float, default=None,
                    help="also split the file into parts of at most this many MiB, with a sha256 manifest "
                         "(OUT.parts.json); `sgem join` rebuilds it")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("bench-deploy", help="every CPU inference path of a trained model: FPS and accuracy",
+                       description="torch fp32/bf16 (+channels_last), ONNX Runtime fp32 and int8, timed interleaved "
+                                   "and scored on the test split, in one table.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--onnx", required=True, help="its fp32 ONNX export")
+    p.add_argument("--onnx-int8", default=None, help="its int8 ONNX (sgem quantize)")
+    p.add_argument("--data", default=None, help="dataset whose test split gives the accuracy columns")
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
+    p.add_argument("--warmup-s", type=float, default=2.0)
+    p.add_argument("--budget-s", type=float, default=10.0, help="seconds of timed rounds per batch size")
+    p.add_argument("--out", default="reports/bench_cpu_deploy", help="file stem for .json and .md")
+    p.set_defaults(func=_cmd_bench_deploy)
+
+    p = sub.add_parser("quantize", help="int8 ONNX (static, calibrated on training images only)")
+    p.add_argument("--onnx", required=True, help="an fp32 file from `sgem export --format onnx`")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", required=True, help="dataset whose training images calibrate the quantization")
+    p.add_argument("--split", default="train", help="calibration split (default train; test is refused)")
+    p.add_argument("--calibration", type=int, default=64, help="calibration images (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="which images (seeded draw; recorded)")
+    p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("import-checkpoint", help="convert another toolbox's checkpoint into an sgem checkpoint",
                        description="BasicIRSTD / LESPS / DNANet-repository weights of a model sgem implements, "
@@ -331,6 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights (sgem/weights/MODEL_CARD.md)")
     p.add_argument("paths", nargs="+")
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
+                   help="onnxruntime: --checkpoint is an .onnx file from `sgem export --format onnx` (the [deploy] extra)")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
                    help="default auto: bf16 + channels_last where the device computes bf16 natively, else fp32")
     p.add_argument("--tile", type=int, default=1024,

@@ -133,26 +133,55 @@ def evaluate_model(model: nn.Module, data_root: str | Path, split: str = "test",
     return result
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
+def load_for_inference(checkpoint: str | Path, *, backend: str = "torch", device: torch.device | str = "cpu"
+                       ) -> tuple[Any, dict[str, float], dict[str, Any]]:
+    """(model, normalisation, description) for a PyTorch checkpoint (backend 'torch') or an
+    exported ONNX file (backend 'onnxruntime', :mod:`sgem.deploy`)."""
+    if backend == "onnxruntime":
+        from .deploy import OnnxModel
+
+        if Path(checkpoint).suffix.lower() != ".onnx":
+            raise ValueError(f"{checkpoint}: the onnxruntime backend takes an .onnx file "
+                             f"(sgem export --format onnx makes one)")
+        model = OnnxModel(checkpoint)
+        return model, model.normalization(), {"path": str(checkpoint), "backend": backend,
+                                             "model": model.meta.get("model"), "selection": "exported",
+                                             "onnx_precision": model.meta.get("precision")}
+    if backend != "torch":
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    from .checkpoint import model_from_checkpoint
+
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        raise ValueError(f"{checkpoint}: an ONNX file; use --backend onnxruntime")
+    model, state = model_from_checkpoint(checkpoint, device)
+    info = {"path": str(checkpoint), "backend": backend, "epoch": state["epoch"],
+            "epochs": state["config"]["epochs"], "model": state["config"]["model"], "selection": "last epoch"}
+    if "imported_from" in state:
+        info.update(selection="as released", imported_from=state["imported_from"])
+    return model, state["normalization"], info
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: str = "test", *,
                         split_file: str | None = None, device: str = "cpu", curves: bool = True,
                         save_pred: str | Path | None = None, out: str | Path | None = None,
-                        precision: str = "fp32", **metric_kwargs: Any) -> dict[str, Any]:
-    from .checkpoint import model_from_checkpoint
+                        precision: str = "fp32", backend: str = "torch", **metric_kwargs: Any) -> dict[str, Any]:
     from .device import resolve_device, resolve_precision
     from .profiling import environment_info
 
     dev = resolve_device(device)
     prec, channels_last = resolve_precision(precision, dev)
-    model, state = model_from_checkpoint(checkpoint, dev)
-    norm = state["normalization"]
+    if backend == "onnxruntime":  # the file's own precision; no autocast or layout there
+        prec, channels_last = "fp32", False
+    model, norm, info = load_for_inference(checkpoint, backend=backend, device=dev)
     result = evaluate_model(model, data_root, split, split_file=split_file, mean=norm["mean"], std=norm["std"],
                             device=dev, curves=curves, save_pred=save_pred, precision=prec,
                             channels_last=channels_last, **metric_kwargs)
-    result["checkpoint"] = {"path": str(checkpoint), "epoch": state["epoch"], "epochs": state["config"]["epochs"],
-                            "model": state["config"]["model"], "selection": "last epoch"}
-    if "imported_from" in state:
-        result["checkpoint"].update(selection="as released", imported_from=state["imported_from"])
-    result["inference"] = {"precision": prec, "channels_last": channels_last, "requested": precision}
+    result["checkpoint"] = info
+    result["inference"] = {"backend": backend, "precision": prec, "channels_last": channels_last,
+                           "requested": precision}
     result["environment"] = environment_info(dev)
     if out is not None:
         atomic_write_json(out, result)
@@ -231,11 +260,10 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 
 def predict_paths(checkpoint: str | Path | None, paths: Sequence[str | Path], out_dir: str | Path, *,
                   device: str = "cpu", threshold: float = 0.5, precision: str = "auto",
-                  tile: int = 1024) -> list[dict[str, Any]]:
+                  tile: int = 1024, backend: str = "torch") -> list[dict[str, Any]]:
     """Write ``<stem>_mask.png`` (0/255), ``<stem>_prob.png`` (16-bit) and ``<stem>_overlay.png``.
     ``checkpoint`` None: the shipped weights (:func:`default_checkpoint`). Images larger
     than ``tile`` on a side are predicted in overlapping tiles (0: never)."""
-    from .checkpoint import model_from_checkpoint
     from .device import resolve_device, resolve_precision
 
     out_dir = Path(out_dir)
@@ -252,8 +280,10 @@ def predict_paths(checkpoint: str | Path | None, paths: Sequence[str | Path], ou
                          f"outputs (e.g. '{k}': {', '.join(map(str, v))}); predict them into separate --out folders")
     dev = resolve_device(device)
     prec, channels_last = resolve_precision(precision, dev)
-    model, state = model_from_checkpoint(checkpoint if checkpoint is not None else default_checkpoint(), dev)
-    norm = state["normalization"]
+    if backend == "onnxruntime":
+        prec, channels_last = "fp32", False
+    model, norm, _ = load_for_inference(checkpoint if checkpoint is not None else default_checkpoint(),
+                                        backend=backend, device=dev)
     written = []
     for f in files:
         image = load_image(f)

@@ -30,6 +30,7 @@ SCRIPT = textwrap.dedent('''
     assert main(["evaluate", "--checkpoint", out + "/w.pt", "--data", data, "--no-curves"]) == 0
     assert main(["bench", "--models", "acm", "--size", "32", "--batch", "1", "--runs", "1", "--out-dir", out]) == 0
     assert main(["profile", "acm", "--size", "32"]) == 2   # MACs need ptflops: a one-line refusal
+    assert main(["export", "--format", "onnx", "--model", "acm", "--out", out + "/a.onnx"]) == 2
     print("OK")
 ''')
 
@@ -39,4 +40,6 @@ def test_commands_run_without_the_optional_packages(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.strip().endswith("OK"), r.stdout[-2000:] + r.stderr[-3000:]
     assert "sgem profile: error: counting MACs needs ptflops, which is not installed: pip install ptflops" in r.stderr
+    assert "sgem export: error: ONNX export needs onnx, which is not installed: pip install onnx (or the " \
+           "package's [deploy] extra)" in r.stderr
     assert "Traceback" not in r.stderr
