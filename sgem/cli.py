@@ -229,7 +229,7 @@ def _cmd_bench_deploy(args: argparse.Namespace) -> int:
     from .io import atomic_write_json, atomic_write_text
 
     report = deploy_bench(args.checkpoint, args.onnx, args.onnx_int8, data=args.data, batches=args.batch,
-                          warmup_s=args.warmup_s, budget_s=args.budget_s)
+                          warmup_s=args.warmup_s, budget_s=args.budget_s, compile=args.compile)
     report["command"] = args.command_line
     md = f"Command: `{args.command_line}`\n\n" + deploy_markdown(report)
     atomic_write_json(f"{args.out}.json", report)
@@ -416,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--budget-s", type=float, default=10.0, help="seconds of timed rounds per batch size")
+    p.add_argument("--compile", action="store_true",
+                   help="add torch.compile of the bf16 + channels_last path (compilation not timed)")
     p.add_argument("--out", default="reports/bench_cpu_deploy", help="file stem for .json and .md")
     p.set_defaults(func=_cmd_bench_deploy)
 

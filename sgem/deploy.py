@@ -204,10 +204,13 @@ def sha256_file(path: str | Path) -> str:
 
 # ----------------------------------------------------------------------------- one table
 
-def _torch_runner(model: nn.Module, precision: str, channels_last: bool):
+def _torch_runner(model: nn.Module, precision: str, channels_last: bool, compile: bool = False):
     import contextlib
+    import copy
 
-    m = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    m = copy.deepcopy(model).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if compile:
+        m = torch.compile(m)
 
     @torch.inference_mode()
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -221,11 +224,14 @@ def _torch_runner(model: nn.Module, precision: str, channels_last: bool):
 
 def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str | Path | None, *,
                  data: str | Path | None, batches: Sequence[int] = (1, 8), size: int = 256,
-                 warmup_s: float = 2.0, budget_s: float = 10.0, min_runs: int = 5) -> dict[str, Any]:
+                 warmup_s: float = 2.0, budget_s: float = 10.0, min_runs: int = 5,
+                 compile: bool = False) -> dict[str, Any]:
     """Every CPU inference path of one trained model in one table: FPS at each batch
     (forward only, random input resident in memory, the paths timed interleaved in
     rounds after a time-based warm-up, median latency) and, where ``data`` is given, the
-    test split's IoU, nIoU, F1, Pd and Fa through that same path."""
+    test split's IoU, nIoU, F1, Pd and Fa through that same path. ``compile`` adds
+    ``torch.compile`` of the bf16 + channels_last path (its compilation happens during
+    the warm-up and is not in the FPS)."""
     import time
 
     from .checkpoint import model_from_checkpoint
@@ -242,12 +248,16 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
         "torch bf16 autocast + channels_last": _torch_runner(model, "bf16", True),
         "onnxruntime fp32": OnnxModel(onnx_fp32),
     }
+    if compile:
+        paths["torch bf16 autocast + channels_last + torch.compile"] = _torch_runner(model, "bf16", True, True)
     if onnx_int8 is not None:
         paths["onnxruntime int8 (static, QDQ)"] = OnnxModel(onnx_int8)
     rows: dict[str, dict[str, Any]] = {name: {"path": name} for name in paths}
     for batch in batches:
         x = (torch.rand(batch, 1, size, size) - norm["mean"]) / norm["std"]
         times: dict[str, list[float]] = {n: [] for n in paths}
+        for f in paths.values():  # compilation and first-call costs stay out of the warm-up's clock
+            f(x)
         start = time.perf_counter()
         while time.perf_counter() - start < warmup_s:
             for f in paths.values():
