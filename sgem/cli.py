@@ -470,6 +470,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.command_line = " ".join(["sgem", *argv])
     try:
+        from .data import resolve_dataset
+
+        for attr in ("data", "root", "cfg_data_root"):   # a dataset by path or by name (data/<NAME>)
+            if isinstance(getattr(args, attr, None), str):
+                setattr(args, attr, str(resolve_dataset(getattr(args, attr))))
         return args.func(args)
     except (ValueError, KeyError, OSError, RuntimeError, TypeError, FloatingPointError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

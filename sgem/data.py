@@ -25,6 +25,7 @@ mismatch, duplicate stems, several files for one stem, empty split, overlapping 
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,26 @@ from .imageio import ImageReadError, read_image, read_mask, read_raw
 
 IMAGE_EXTS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 DEFAULT_MASK_SUFFIXES = ("", "_pixels0", "_mask")
+
+
+DATA_ENV = "SGEM_DATA"   # a folder holding datasets by name (NUDT-SIRST/, SIRST/, ...)
+
+
+def resolve_dataset(name_or_path: str | Path) -> Path:
+    """A dataset folder given by path, or by name: ``data/<NAME>`` (in the working
+    directory: the repository's git-ignored data folder), then ``$SGEM_DATA/<NAME>``.
+    Returns the argument unchanged when none exists, so that the error downstream names
+    what was given."""
+    p = Path(name_or_path)
+    if p.exists():
+        return p
+    candidates = [Path("data") / p]
+    if os.environ.get(DATA_ENV):
+        candidates.append(Path(os.environ[DATA_ENV]) / p)
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return p
 
 
 class DatasetError(ValueError):
@@ -181,7 +202,8 @@ def validate_dataset(
     splits = splits or {"train": "train.txt", "test": "test.txt"}
     report = DatasetReport(root)
     if not root.is_dir():
-        report.problems.append(f"{root}: dataset folder not found")
+        report.problems.append(f"{root}: dataset folder not found (a name is looked up as data/{root.name} and "
+                               f"${DATA_ENV}/{root.name}; README 'Datasets' says where to get each)")
         return report
     img_dir, msk_dir = root / images_dir, root / masks_dir
     for d, what in ((img_dir, "images"), (msk_dir, "masks")):

@@ -1,6 +1,6 @@
 """IRSTD metrics, streaming: ``update()`` per batch or image, ``compute()`` at the end.
 
-Definitions follow the field (``../shared/PROTOCOLS.md``; ``docs/metrics.md``):
+Definitions follow the field (``docs/protocols.md`` states each with its source):
 
 * **IoU** (often "mIoU"): prediction = probability > threshold (0.5, i.e. logit > 0);
   intersection and union accumulated over the whole dataset, divided once. Foreground

@@ -3,12 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_dataset
 from PIL import Image
 
 from sgem.cli import main
 from sgem.data import DatasetError, load_image, load_split, read_split, validate_dataset
 
-NUDT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "NUDT-SIRST"
+NUDT = real_dataset("NUDT-SIRST")   # data/NUDT-SIRST or $SGEM_DATA/NUDT-SIRST (conftest)
 
 
 def _write(path: Path, array: np.ndarray, mode: str | None = None) -> None:
@@ -147,7 +148,7 @@ def test_check_data_cli(tmp_path, capsys):
 
 
 @pytest.mark.nudt
-@pytest.mark.skipif(not NUDT.is_dir(), reason="NUDT-SIRST copy not present beside the repository")
+@pytest.mark.skipif(NUDT is None, reason="NUDT-SIRST not found (data/NUDT-SIRST or $SGEM_DATA)")
 def test_nudt_sirst_official_split(capsys):
     assert main(["check-data", str(NUDT), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)

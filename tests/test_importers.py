@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import real_dataset
 import torch
 
 from sgem.checkpoint import model_from_checkpoint
@@ -16,7 +17,7 @@ from sgem.models import create_model
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 LESPS_ACM = SHARED / "checkpoints" / "LESPS_SIRST3_ACM_full.pth.tar"
-NUDT = SHARED / "datasets" / "NUDT-SIRST"
+NUDT = real_dataset("NUDT-SIRST")   # data/NUDT-SIRST or $SGEM_DATA/NUDT-SIRST (conftest)
 
 
 def basicirstd_names(state: dict) -> dict:
@@ -74,7 +75,7 @@ def test_rules_cover_every_basicirstd_block_name():
 
 
 @pytest.mark.nudt
-@pytest.mark.skipif(not (LESPS_ACM.is_file() and NUDT.is_dir()),
+@pytest.mark.skipif(not (LESPS_ACM.is_file() and NUDT is not None),
                     reason="LESPS's ACM checkpoint or NUDT-SIRST not present beside the repository")
 def test_lesps_acm_scores_its_published_nudt_sirst_iou(tmp_path, capsys):
     """LESPS (CVPR 2023), Table 1, ACM with full labels on SIRST3: NUDT-SIRST test IoU 57.42."""

@@ -121,12 +121,34 @@ def test_notebooks_are_committed_without_outputs():
         assert any("parameters" in c["metadata"].get("tags", []) for c in code), nb
 
 
-def test_params_files_hold_the_paper_protocol_and_the_demo():
+def test_params_files_hold_the_paper_protocol_the_cpu_protocol_and_the_demo():
     paper = yaml.safe_load((REPO / "params.yaml").read_text())
     assert (paper["train"]["epochs"], paper["train"]["batch_size"], paper["train"]["lr"],
             paper["train"]["crop_size"]) == (1500, 8, 1e-4, 256)
     demo = yaml.safe_load((REPO / "params.demo.yaml").read_text())
-    assert demo["data"]["source"] == "synthetic" and set(demo) == set(paper)
+    cpu = yaml.safe_load((REPO / "params.cpu.yaml").read_text())
+    assert demo["data"]["source"] == "synthetic" and set(demo) == set(paper) == set(cpu)
+    assert cpu["data"]["root"] == paper["data"]["root"] and cpu["evaluate"]["split"] == "test"
+    assert cpu["train"]["eval_every"] == 0   # the test split is scored once, at the last epoch
     from sgem.train import TrainConfig
-    for p in (paper, demo):  # every train key is a real setting
+    for p in (paper, demo, cpu):  # every train key is a real setting
         TrainConfig.from_dict({**p["train"], "data_root": "x"}).validate()
+
+
+def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
+    """The cpu profile's stages (its protocol's options scaled down) run end to end."""
+    from sgem.synthetic import make_synthetic
+
+    clone = _clone(tmp_path)
+    make_synthetic(clone / "data" / "NUDT-SIRST", n=12, size=64, seed=1)   # a stand-in at the profile's data location
+    cpu = yaml.safe_load((clone / "params.cpu.yaml").read_text())
+    tiny = {**TINY, "data": {**cpu["data"], "overview_images": 4},
+            "train": {**cpu["train"], **TINY["train"], "epochs": 3, "warmup_epochs": 1, "final_epochs": 1,
+                      "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error"}}
+    (clone / "params.cpu.yaml").write_text(yaml.safe_dump(tiny))
+    _run([BIN / "dvc", "repro", "figures@cpu"], clone, timeout=900)
+    _check_reports(clone / "reports" / "cpu")
+    summary = json.loads((clone / "reports" / "cpu" / "train" / "summary.json").read_text())
+    assert summary["resolved"]["precision"] in ("bf16", "fp32") and summary["complete"]
+    history = json.loads((clone / "reports" / "cpu" / "train" / "history.json").read_text())
+    assert [r["train/crop"] for r in history] == [32, 32, 64]

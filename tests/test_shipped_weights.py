@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import real_dataset
 
 from sgem.data import find_image, load_image, load_mask, read_split
 from sgem.evaluate import evaluate_arrays, predict_probs
 from sgem.train import model_from_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-NUDT = REPO.parent / "shared" / "datasets" / "NUDT-SIRST"
+NUDT = real_dataset("NUDT-SIRST")   # data/NUDT-SIRST or $SGEM_DATA/NUDT-SIRST (conftest)
 GPU_RUN = REPO / "reports" / "nudt_gpu_522ep"
 WEIGHTS = REPO / "sgem" / "weights" / "sgem_unet_nudt.pt"
 
@@ -27,7 +28,7 @@ def test_gpu_run_weights_load_with_their_provenance():
 
 
 @pytest.mark.nudt
-@pytest.mark.skipif(not NUDT.is_dir(), reason="NUDT-SIRST copy not present beside the repository")
+@pytest.mark.skipif(NUDT is None, reason="NUDT-SIRST not found (data/NUDT-SIRST or $SGEM_DATA)")
 def test_gpu_run_weights_find_the_targets_of_a_few_test_images():
     """24 test images (not a benchmark: the full split is scored by `sgem evaluate`,
     `metrics.json`): the shipped weights must find nearly every target there."""
