@@ -32,15 +32,30 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from .data import DEFAULT_MASK_SUFFIXES, validate_dataset
+    from pathlib import Path
+
+    from .data import DEFAULT_MASK_SUFFIXES, canonical_manifest, compare_with_manifest, validate_dataset
 
     splits = (dict(s.split("=", 1) if "=" in s else (s, f"{s}.txt") for s in args.split)
               if args.split else None)
     report = validate_dataset(args.root, splits, mask_suffixes=args.mask_suffix or DEFAULT_MASK_SUFFIXES)
+    manifest = args.manifest or canonical_manifest(args.root)
+    canonical = compare_with_manifest(args.root, manifest) if manifest and Path(args.root).is_dir() else None
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps(report.to_dict() | {"canonical": canonical}, indent=2))
     else:
         print(report.summary())
+        if canonical is not None:
+            name = Path(manifest).stem
+            if canonical["identical"]:
+                print(f"  identical to the canonical {name} release ({canonical['checked']} files, {manifest})")
+            else:
+                print(f"  differs from the canonical {name} release ({manifest}):")
+                for kind in ("differing", "missing", "extra"):
+                    files = canonical[kind]
+                    if files:
+                        shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
+                        print(f"    {len(files)} {kind}: {shown}")
     return 0 if report.ok else 1
 
 
@@ -331,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-suffix", action="append", default=None,
                    help="mask file suffix to try after the stem (repeatable; default '', _pixels0, _mask)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--manifest", default=None,
+                   help="a sha256 manifest to compare with (default: the shipped one named like the folder, "
+                        "e.g. sgem/manifests/NUDT-SIRST.sha256)")
     p.set_defaults(func=_cmd_check_data)
 
     p = sub.add_parser("make-synthetic", help="write a NUDT-like synthetic dataset")

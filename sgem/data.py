@@ -335,3 +335,45 @@ def dataset_fingerprint(root: str | Path, splits: Sequence[str] = ("train.txt", 
         h.update(p.relative_to(root).as_posix().encode() + b"\0")
         h.update(p.read_bytes())
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- canonical copies
+
+MANIFEST_DIR = Path(__file__).resolve().parent / "manifests"
+
+
+def canonical_manifest(root: str | Path) -> Path | None:
+    """The shipped manifest named like the dataset folder (e.g. NUDT-SIRST), if any."""
+    p = MANIFEST_DIR / f"{Path(root).resolve().name}.sha256"
+    return p if p.is_file() else None
+
+
+def compare_with_manifest(root: str | Path, manifest: str | Path) -> dict:
+    """Every file the manifest lists, checked in ``root``: images and masks by sha256,
+    split lists by their stems; plus the images and masks ``root`` has that it does not
+    list. Returns {identical, checked, differing, missing, extra}."""
+    import hashlib
+
+    root = Path(root)
+    expected: dict[str, str] = {}
+    for line in Path(manifest).read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(None, 1)
+            expected[name.strip()] = digest
+    differing, missing = [], []
+    for name, digest in expected.items():
+        p = root / name
+        if not p.is_file():
+            missing.append(name)
+        elif name.endswith(".txt"):
+            # a split list: the same stems in the same order, whatever the line endings
+            text = "\n".join(read_split(p)) + "\n"
+            if hashlib.sha256(text.encode()).hexdigest() != digest:
+                differing.append(name)
+        elif hashlib.sha256(p.read_bytes()).hexdigest() != digest:
+            differing.append(name)
+    listed_dirs = {n.split("/", 1)[0] for n in expected if "/" in n}
+    extra = sorted(str(f.relative_to(root)) for d in listed_dirs if (root / d).is_dir()
+                   for f in (root / d).rglob("*") if f.is_file() and str(f.relative_to(root)) not in expected)
+    return {"manifest": str(manifest), "checked": len(expected), "identical": not (differing or missing or extra),
+            "differing": differing, "missing": missing, "extra": extra}

@@ -155,3 +155,35 @@ def test_nudt_sirst_official_split(capsys):
     assert r["splits"] == {"train": 663, "test": 664}
     assert r["image_sizes"] == {"256x256": 1327} and r["problems"] == []
     assert r["target_pixels"] == {"min": 5, "median": 40.0, "max": 178}
+
+
+def _manifest(root):
+    import hashlib
+
+    names = sorted([str(p.relative_to(root)) for d in ("images", "masks") for p in (root / d).iterdir()]
+                   + ["train.txt", "test.txt"])
+    return "".join(f"{hashlib.sha256((root / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+
+
+def test_check_data_compares_with_a_canonical_manifest(tmp_path, capsys):
+    from sgem.synthetic import make_synthetic
+
+    root = tmp_path / "SET"
+    make_synthetic(root, n=6, size=64, seed=2)
+    (tmp_path / "SET.sha256").write_text(_manifest(root))
+    assert main(["check-data", str(root), "--manifest", str(tmp_path / "SET.sha256")]) == 0
+    assert "identical to the canonical SET release (14 files" in capsys.readouterr().out
+    # CRLF split lists are the same release; an altered image, a missing mask and an extra file are not
+    (root / "train.txt").write_bytes((root / "train.txt").read_bytes().replace(b"\n", b"\r\n"))
+    img = sorted((root / "images").iterdir())[1]
+    img.write_bytes(img.read_bytes()[:-4] + b"\x00\x00\x00\x00")
+    main(["check-data", str(root), "--manifest", str(tmp_path / "SET.sha256")])  # valid or not, it names the file
+    out = capsys.readouterr().out
+    assert f"1 differing: images/{img.name}" in out and "train.txt" not in out.split("differs from")[1]
+
+
+@pytest.mark.nudt
+@pytest.mark.skipif(NUDT is None, reason="NUDT-SIRST not found (data/NUDT-SIRST or $SGEM_DATA)")
+def test_nudt_sirst_is_the_canonical_release(capsys):
+    assert main(["check-data", str(NUDT)]) == 0
+    assert "identical to the canonical NUDT-SIRST release (2656 files" in capsys.readouterr().out
