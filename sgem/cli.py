@@ -39,6 +39,7 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     splits = (dict(s.split("=", 1) if "=" in s else (s, f"{s}.txt") for s in args.split)
               if args.split else None)
     report = validate_dataset(args.root, splits, mask_suffixes=args.mask_suffix or DEFAULT_MASK_SUFFIXES)
+    remedy = _write_filtered_splits(report, args) if report.bad_stems and any(report.bad_stems.values()) else []
     manifest = args.manifest or canonical_manifest(args.root)
     canonical = compare_with_manifest(args.root, manifest) if manifest and Path(args.root).is_dir() else None
     if args.json:
@@ -56,7 +57,39 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
                     if files:
                         shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
                         print(f"    {len(files)} {kind}: {shown}")
+        for line in remedy:
+            print(line)
     return 0 if report.ok else 1
+
+
+def _write_filtered_splits(report, args: argparse.Namespace) -> list[str]:
+    """Split lists without the stems whose files have problems, written to the current
+    folder, and the commands that use them (a remedy that works as printed)."""
+    from pathlib import Path
+
+    from .io import atomic_write_text
+
+    import os
+
+    def short(p: Path) -> str:  # what to type from here: the shorter of the relative and absolute forms
+        rel = os.path.relpath(p)
+        return rel if len(rel) < len(str(p.resolve())) else str(p.resolve())
+
+    lines = ["  remedy: fix the files named above, or leave those stems out with the filtered split lists:"]
+    root = Path(args.root)
+    for split, bad in report.bad_stems.items():
+        if not bad:
+            continue
+        keep = [s.stem for s in report.splits[split] if s.stem not in set(bad)]
+        out = Path.cwd() / f"{root.resolve().name}.{split}.filtered.txt"
+        atomic_write_text(out, "\n".join(keep) + "\n")
+        lines.append(f"    {split}: {short(out)} ({len(keep)} stems, {len(bad)} left out: {', '.join(bad[:5])}"
+                     f"{' ...' if len(bad) > 5 else ''})")
+        flag = "--split-file" if split != "train" else "--train-split-file"
+        cmd = "evaluate --checkpoint CKPT" if split != "train" else "train"
+        lines.append(f"    e.g. sgem {cmd} --data {short(root)} {flag} {short(out)}" +
+                     (f" --split {split}" if split not in ("train", "test") else ""))
+    return lines
 
 
 def _cmd_make_synthetic(args: argparse.Namespace) -> int:

@@ -131,6 +131,17 @@ class Sample:
     mask: Path
 
 
+def _histogram(counts: dict[str, int], unit: str = "", top: int = 4) -> str:
+    """'256x256 x1327' or, with many values, the most frequent and a count of the rest."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{k} x{v}" for k, v in items[:top])
+    rest = items[top:]
+    if rest:
+        shown += f", and {sum(v for _, v in rest)} images in {len(rest)} other sizes" if unit else \
+            f", {len(rest)} others"
+    return shown or "-"
+
+
 @dataclass
 class DatasetReport:
     """What :func:`validate_dataset` found."""
@@ -139,6 +150,8 @@ class DatasetReport:
     splits: dict[str, list[Sample]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    layout: str = ""
+    bad_stems: dict[str, list[str]] = field(default_factory=dict)   # per split: stems whose files have problems
     image_sizes: dict[str, int] = field(default_factory=dict)
     image_modes: dict[str, int] = field(default_factory=dict)
     target_pixels: list[int] = field(default_factory=list)
@@ -155,11 +168,19 @@ class DatasetReport:
             raise DatasetError(self.root, self.problems)
 
     def summary(self) -> str:
+        """A few short lines whatever the dataset (sizes as a short histogram); every
+        count says what it includes."""
         lines = [f"dataset {self.root}"]
+        if self.layout:
+            lines.append(f"  layout: {self.layout}")
         for name, samples in self.splits.items():
-            lines.append(f"  {name}: {len(samples)} images")
-        lines.append("  image sizes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.image_sizes.items())))
-        lines.append("  image modes: " + ", ".join(f"{k} x{v}" for k, v in sorted(self.image_modes.items())))
+            bad = len(self.bad_stems.get(name, []))
+            usable = f", {len(samples) - bad} usable ({bad} with problems)" if bad else ""
+            lines.append(f"  {name}: {len(samples)} images found for the listed stems{usable}")
+        n = sum(self.image_sizes.values())
+        lines.append(f"  statistics below: the {n} usable images")
+        lines.append("  image sizes: " + _histogram(self.image_sizes, unit="px"))
+        lines.append("  image modes: " + _histogram(self.image_modes))
         if self.target_pixels:
             t = np.asarray(self.target_pixels)
             lines.append(f"  target pixels per image: min {t.min()}, median {int(np.median(t))}, "
@@ -176,13 +197,103 @@ class DatasetReport:
     def to_dict(self) -> dict:
         t = np.asarray(self.target_pixels) if self.target_pixels else np.zeros(0)
         return {
-            "root": str(self.root), "splits": {k: len(v) for k, v in self.splits.items()},
+            "root": str(self.root), "layout": self.layout, "splits": {k: len(v) for k, v in self.splits.items()},
+            "bad_stems": self.bad_stems,
             "image_sizes": self.image_sizes, "image_modes": self.image_modes,
             "target_pixels": ({"min": int(t.min()), "median": float(np.median(t)), "max": int(t.max())}
                               if t.size else None),
             "empty_masks": self.empty_masks, "non_binary_masks": self.non_binary_masks,
             "warnings": self.warnings, "problems": self.problems,
         }
+
+
+@dataclass
+class SplitSource:
+    """Where one split's stems, images and masks are."""
+
+    stems_file: Path | None   # a list file, or None: every image in ``images``
+    images: Path
+    masks: Path
+
+    def stems(self) -> list[str]:
+        if self.stems_file is not None:
+            return read_split(self.stems_file)
+        return sorted({p.stem for p in self.images.iterdir() if p.suffix.lower() in IMAGE_EXTS})
+
+
+@dataclass
+class Layout:
+    """A dataset layout as published: its name, what identified it, and its splits."""
+
+    name: str
+    evidence: str
+    splits: dict[str, SplitSource]
+
+
+def _pair(root: Path, a: str, b: str) -> bool:
+    return (root / a).is_dir() and (root / b).is_dir()
+
+
+def _layouts(root: Path) -> list[Layout]:
+    """Every known layout that matches ``root`` (the published forms of the field's sets)."""
+    found: list[Layout] = []
+    if _pair(root, "images", "masks"):
+        img, msk = root / "images", root / "masks"
+        if (root / "train.txt").is_file() and (root / "test.txt").is_file():
+            found.append(Layout("sgem", "images/ masks/ train.txt test.txt",
+                                {"train": SplitSource(root / "train.txt", img, msk),
+                                 "test": SplitSource(root / "test.txt", img, msk)}))
+        idx = root / "img_idx"
+        trains, tests = sorted(idx.glob("train_*.txt")), sorted(idx.glob("test_*.txt"))
+        if len(trains) == 1 and len(tests) == 1:
+            found.append(Layout("BasicIRSTD", f"images/ masks/ img_idx/{trains[0].name} {tests[0].name}",
+                                {"train": SplitSource(trains[0], img, msk), "test": SplitSource(tests[0], img, msk)}))
+        for sub, train_name in (("50_50", "train.txt"), ("idx_427", "trainval.txt"), ("idx_320", "trainval.txt")):
+            if (root / sub / train_name).is_file() and (root / sub / "test.txt").is_file():
+                sirst = any(msk.glob("*_pixels0.*"))
+                found.append(Layout("SIRST (original)" if sirst else "DNANet repository",
+                                    f"images/ masks/{' (<stem>_pixels0 masks)' if sirst else ''} "
+                                    f"{sub}/{train_name} {sub}/test.txt",
+                                    {"train": SplitSource(root / sub / train_name, img, msk),
+                                     "test": SplitSource(root / sub / "test.txt", img, msk)}))
+                break
+    if _pair(root, "IRSTD1k_Img", "IRSTD1k_Label") and (root / "trainval.txt").is_file() \
+            and (root / "test.txt").is_file():
+        img, msk = root / "IRSTD1k_Img", root / "IRSTD1k_Label"
+        found.append(Layout("IRSTD-1k", "IRSTD1k_Img/ IRSTD1k_Label/ trainval.txt test.txt",
+                            {"train": SplitSource(root / "trainval.txt", img, msk),
+                             "test": SplitSource(root / "test.txt", img, msk)}))
+    for train_dir in ("trainval", "train"):
+        if _pair(root / train_dir, "images", "masks") and _pair(root / "test", "images", "masks"):
+            found.append(Layout("mmseg-style folders", f"{train_dir}/images|masks test/images|masks",
+                                {"train": SplitSource(None, root / train_dir / "images", root / train_dir / "masks"),
+                                 "test": SplitSource(None, root / "test" / "images", root / "test" / "masks")}))
+            break
+    return found
+
+
+def detect_layout(root: str | Path) -> Layout:
+    """The one layout ``root`` is in; an error naming both when two match, or what was
+    looked for when none does."""
+    root = Path(root)
+    found = _layouts(root)
+    if len(found) == 1:
+        return found[0]
+    if len(found) > 1:
+        listed = "; ".join(f"{f.name} ({f.evidence})" for f in found)
+        raise DatasetError(root, [f"{root}: {len(found)} layouts match: {listed}. Choose the split lists "
+                                  f"explicitly, e.g. --split train=FILE --split test=FILE"])
+    if (root / "images").is_dir() or (root / "train.txt").is_file():  # sgem's layout with a part missing
+        missing = [f"{root / n}: {what} not found (expected ROOT/{n})" for n, what in
+                   (("images", "images folder"), ("masks", "masks folder"), ("train.txt", "split list for 'train'"),
+                    ("test.txt", "split list for 'test'")) if not (root / n).exists()]
+        if missing:
+            raise DatasetError(root, missing)
+    raise DatasetError(root, [
+        f"{root}: no known dataset layout found; expected one of: images/ masks/ train.txt test.txt (sgem); "
+        f"images/ masks/ img_idx/train_NAME.txt test_NAME.txt (BasicIRSTD); images/ masks/ 50_50/train.txt "
+        f"test.txt or idx_427/trainval.txt test.txt (DNANet repository, SIRST); IRSTD1k_Img/ IRSTD1k_Label/ "
+        f"trainval.txt test.txt (IRSTD-1k); trainval/images|masks test/images|masks (mmseg)"])
 
 
 def validate_dataset(
@@ -195,30 +306,50 @@ def validate_dataset(
     check_contents: bool = True,
 ) -> DatasetReport:
     """Check a dataset before any training. ``splits`` maps split name -> list file
-    (default ``{"train": "train.txt", "test": "test.txt"}``)."""
+    (relative to ``root``) in sgem's own layout; without it the layout is detected
+    (:func:`detect_layout`: sgem, BasicIRSTD, the DNANet repository, SIRST, IRSTD-1k,
+    mmseg-style folders) and its train and test splits are checked."""
     from .metrics import connected_components
 
     root = Path(root)
-    splits = splits or {"train": "train.txt", "test": "test.txt"}
     report = DatasetReport(root)
     if not root.is_dir():
         report.problems.append(f"{root}: dataset folder not found (a name is looked up as data/{root.name} and "
                                f"${DATA_ENV}/{root.name}; README 'Datasets' says where to get each)")
         return report
-    img_dir, msk_dir = root / images_dir, root / masks_dir
-    for d, what in ((img_dir, "images"), (msk_dir, "masks")):
-        if not d.is_dir():
-            report.problems.append(f"{d}: {what} folder not found (expected ROOT/{d.name}/)")
-    if report.problems:
-        return report
+    if splits is not None and all(isinstance(v, SplitSource) for v in splits.values()):
+        sources = dict(splits)
+    elif splits is None and not (images_dir != "images" or masks_dir != "masks"):
+        try:
+            layout = detect_layout(root)
+        except DatasetError as exc:
+            report.problems.extend(exc.problems)
+            return report
+        report.layout = f"{layout.name} ({layout.evidence})"
+        sources = layout.splits
+    else:
+        img_dir, msk_dir = root / images_dir, root / masks_dir
+        for d, what in ((img_dir, "images"), (msk_dir, "masks")):
+            if not d.is_dir():
+                report.problems.append(f"{d}: {what} folder not found (expected ROOT/{d.name}/)")
+        if report.problems:
+            return report
+        splits = splits or {"train": "train.txt", "test": "test.txt"}
+        sources = {name: f if isinstance(f, SplitSource) else SplitSource(root / f, img_dir, msk_dir)
+                   for name, f in splits.items()}
 
     seen: dict[str, str] = {}
-    for name, list_file in splits.items():
-        path = root / list_file
-        if not path.is_file():
+    for name, source in sources.items():
+        path = source.stems_file or source.images
+        img_dir, msk_dir = source.images, source.masks
+        if source.stems_file is not None and not source.stems_file.is_file():
             report.problems.append(f"{path}: split list for '{name}' not found")
             continue
-        stems = read_split(path)
+        if not (img_dir.is_dir() and msk_dir.is_dir()):
+            report.problems.append(f"{img_dir if not img_dir.is_dir() else msk_dir}: folder for split '{name}' "
+                                   f"not found")
+            continue
+        stems = source.stems()
         if not stems:
             report.problems.append(f"{path}: split '{name}' is empty (expected one stem per line)")
         counts: dict[str, int] = {}
@@ -254,23 +385,27 @@ def validate_dataset(
 
     if check_contents:
         non_binary: list[str] = []
-        for samples in report.splits.values():
+        for split_name, samples in report.splits.items():
             for s in samples:
+                bad = report.bad_stems.setdefault(split_name, [])
                 try:  # fully decoded by the reader the training uses: truncated files fail here
                     raw, _, mode = read_raw(s.image)
                 except ImageReadError as exc:
                     report.problems.append(str(exc))
+                    bad.append(s.stem)
                     continue
                 img_size = (raw.shape[1], raw.shape[0])
                 try:
                     mask, strict = read_mask(s.mask)
                 except ImageReadError as exc:
                     report.problems.append(str(exc).replace("as an image", "as a mask"))
+                    bad.append(s.stem)
                     continue
                 if mask.shape[::-1] != img_size:
                     report.problems.append(
                         f"{s.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {s.image.name} is "
                         f"{img_size[0]}x{img_size[1]} (width x height; they must agree)")
+                    bad.append(s.stem)
                     continue
                 if not strict:
                     non_binary.append(s.mask.name)
@@ -290,10 +425,38 @@ def validate_dataset(
     return report
 
 
+def split_source(root: str | Path, split: str, split_file: str | None = None) -> SplitSource:
+    """Where split ``split`` of ``root`` is: an explicit list file (a path that exists as
+    given, else relative to ``root``; with images/ and masks/ of ``root``), ``<split>.txt``
+    in sgem's layout, else the detected layout's train or test
+    split (``trainval`` is the train split)."""
+    root = Path(root)
+    if split_file is not None:  # a path as given (from here), else relative to the dataset
+        listed = Path(split_file) if Path(split_file).is_file() else root / split_file
+        images, masks = root / "images", root / "masks"
+        if not images.is_dir():  # another layout's folders (IRSTD1k_Img/, trainval/images/, ...)
+            try:
+                layout = detect_layout(root)
+                src = layout.splits.get({"trainval": "train"}.get(split, split)) or next(iter(layout.splits.values()))
+                images, masks = src.images, src.masks
+            except DatasetError:
+                pass
+        return SplitSource(listed, images, masks)
+    if (root / f"{split}.txt").is_file() and (root / "images").is_dir():
+        return SplitSource(root / f"{split}.txt", root / "images", root / "masks")
+    layout = detect_layout(root)
+    key = {"trainval": "train"}.get(split, split)
+    if key not in layout.splits:
+        raise ValueError(f"{root}: split '{split}' not found; the {layout.name} layout has "
+                         f"{', '.join(layout.splits)} (give a list file with split_file / --split NAME=FILE)")
+    return layout.splits[key]
+
+
 def load_split(root: str | Path, split: str, *, split_file: str | None = None,
                mask_suffixes: Sequence[str] = DEFAULT_MASK_SUFFIXES) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-    """Validate one split and load it: (stems, images float32 [0,1], masks bool)."""
-    report = validate_dataset(root, {split: split_file or f"{split}.txt"}, mask_suffixes=mask_suffixes)
+    """Validate one split and load it: (stems, images float32 [0,1], masks bool). The
+    split is found by :func:`split_source` (any known layout)."""
+    report = validate_dataset(root, {split: split_source(root, split, split_file)}, mask_suffixes=mask_suffixes)
     report.raise_if_bad()
     for w in report.warnings:
         warnings.warn(f"{root}: {w}", stacklevel=2)

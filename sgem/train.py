@@ -43,7 +43,7 @@ from torch import nn
 
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_weights,  # noqa: F401  (re-exported)
                          load_checkpoint, model_from_checkpoint, restore_rng, rng_state, save_checkpoint)
-from .data import image_stats, load_split, to_tensors, validate_dataset
+from .data import image_stats, load_split, split_source, to_tensors, validate_dataset
 from .device import cpu_name, resolve_device, resolve_precision
 from .io import RunLock, atomic_write_json
 from .losses import SoftIoULoss
@@ -680,17 +680,18 @@ class Trainer:
         missing or broken evaluation file is found now, not after the last epoch, and a
         stem in both splits is refused unless ``allow_split_overlap``."""
         cfg = self.cfg
-        train_file = cfg.train_split_file or f"{cfg.train_split}.txt"
-        eval_file = cfg.eval_split_file or f"{cfg.eval_split}.txt"
-        same = Path(cfg.data_root, train_file).resolve() == Path(cfg.data_root, eval_file).resolve()
+        train_src = split_source(cfg.data_root, cfg.train_split, cfg.train_split_file)
+        eval_src = split_source(cfg.data_root, cfg.eval_split, cfg.eval_split_file)
+        same = (train_src.stems_file or train_src.images).resolve() == (eval_src.stems_file or eval_src.images).resolve()
         if cfg.allow_split_overlap or same:
             if same and not cfg.allow_split_overlap:
-                raise ValueError(f"train config: the training and evaluation splits are the same list "
-                                 f"({train_file}); set allow_split_overlap: true to evaluate on training images")
-            validate_dataset(cfg.data_root, {cfg.eval_split: eval_file}).raise_if_bad()
+                raise ValueError(f"train config: the training and evaluation splits are the same "
+                                 f"({train_src.stems_file or train_src.images}); set allow_split_overlap: true "
+                                 f"to evaluate on training images")
+            validate_dataset(cfg.data_root, {cfg.eval_split: eval_src}).raise_if_bad()
             return
-        names = {cfg.train_split: train_file, cfg.eval_split if cfg.eval_split != cfg.train_split
-                 else f"{cfg.eval_split} (evaluation)": eval_file}
+        names = {cfg.train_split: train_src, cfg.eval_split if cfg.eval_split != cfg.train_split
+                 else f"{cfg.eval_split} (evaluation)": eval_src}
         validate_dataset(cfg.data_root, names).raise_if_bad()
 
     # -- resume ---------------------------------------------------------------------------
