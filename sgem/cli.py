@@ -50,13 +50,20 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
             name = Path(manifest).stem
             if canonical["identical"]:
                 print(f"  identical to the canonical {name} release ({canonical['checked']} files, {manifest})")
+                if canonical["covers"] != "every file of the release":
+                    print(f"    (the manifest covers {canonical['covers'][:170]})")
             else:
                 print(f"  differs from the canonical {name} release ({manifest}):")
                 for kind in ("differing", "missing", "extra"):
                     files = canonical[kind]
-                    if files:
-                        shown = ", ".join(files[:10]) + (f" and {len(files) - 10} more" if len(files) > 10 else "")
-                        print(f"    {len(files)} {kind}: {shown}")
+                    if files:  # as many names as fit on one short line (--json lists every one)
+                        head, shown = f"    {len(files)} {kind}: ", []
+                        for f in files:
+                            if len(head) + len(", ".join(shown + [f])) > 170:
+                                break
+                            shown.append(f)
+                        rest = f" and {len(files) - len(shown)} more" if len(shown) < len(files) else ""
+                        print(head + ", ".join(shown) + rest)
         for line in remedy:
             print(line)
     return 0 if report.ok else 1

@@ -191,7 +191,9 @@ class DatasetReport:
         for w in self.warnings:
             lines.append(f"  warning: {w}")
         lines.append(f"  problems: {len(self.problems)}" if self.problems else "  no problems found")
-        lines.extend(f"    {p}" for p in self.problems)
+        lines.extend(f"    {p}" for p in self.problems[:20])
+        if len(self.problems) > 20:
+            lines.append(f"    ... and {len(self.problems) - 20} more (--json lists every one)")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -513,14 +515,19 @@ def canonical_manifest(root: str | Path) -> Path | None:
 
 def compare_with_manifest(root: str | Path, manifest: str | Path) -> dict:
     """Every file the manifest lists, checked in ``root``: images and masks by sha256,
-    split lists by their stems; plus the images and masks ``root`` has that it does not
-    list. Returns {identical, checked, differing, missing, extra}."""
+    split lists by their stems (the sha256 of the stems joined by LF); plus the files
+    ``root`` has in the listed folders that the manifest does not list. A ``# covers:``
+    line says what part of the release the manifest covers. Returns {identical, checked,
+    covers, differing, missing, extra}."""
     import hashlib
 
     root = Path(root)
     expected: dict[str, str] = {}
+    covers = "every file of the release"
     for line in Path(manifest).read_text().splitlines():
-        if line.strip():
+        if line.startswith("# covers:"):
+            covers = line.split(":", 1)[1].strip()
+        elif line.strip() and not line.startswith("#"):
             digest, name = line.split(None, 1)
             expected[name.strip()] = digest
     differing, missing = [], []
@@ -538,5 +545,6 @@ def compare_with_manifest(root: str | Path, manifest: str | Path) -> dict:
     listed_dirs = {n.split("/", 1)[0] for n in expected if "/" in n}
     extra = sorted(str(f.relative_to(root)) for d in listed_dirs if (root / d).is_dir()
                    for f in (root / d).rglob("*") if f.is_file() and str(f.relative_to(root)) not in expected)
-    return {"manifest": str(manifest), "checked": len(expected), "identical": not (differing or missing or extra),
+    return {"manifest": str(manifest), "checked": len(expected), "covers": covers,
+            "identical": not (differing or missing or extra),
             "differing": differing, "missing": missing, "extra": extra}

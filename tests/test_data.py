@@ -187,3 +187,16 @@ def test_check_data_compares_with_a_canonical_manifest(tmp_path, capsys):
 def test_nudt_sirst_is_the_canonical_release(capsys):
     assert main(["check-data", str(NUDT)]) == 0
     assert "identical to the canonical NUDT-SIRST release (2656 files" in capsys.readouterr().out
+
+
+def test_a_partial_manifest_says_what_it_covers(tmp_path, capsys):
+    from sgem.synthetic import make_synthetic
+
+    root = tmp_path / "SET"
+    make_synthetic(root, n=4, size=64, seed=2)
+    lines = [ln for ln in _manifest(root).splitlines() if not ln.endswith(".txt") and "/masks/" not in ln
+             and " masks/" in ln]
+    (tmp_path / "SET.sha256").write_text("# covers: the masks only\n" + "\n".join(lines) + "\n")
+    assert main(["check-data", str(root), "--manifest", str(tmp_path / "SET.sha256")]) == 0
+    out = capsys.readouterr().out
+    assert "identical to the canonical SET release (4 files" in out and "(the manifest covers the masks only)" in out
