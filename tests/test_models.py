@@ -83,6 +83,17 @@ def test_ablation_differs_only_in_decoder_stage_2():
     assert isinstance(a.dec2, SGEM) and not isinstance(b.dec2, SGEM)
     for stage in ("enc1", "enc2", "enc3", "enc4", "enc5", "dec1", "dec3", "dec4", "head"):
         assert count_params(getattr(a, stage)) == count_params(getattr(b, stage)), stage
+    # and every stage, decoder stage 2 included, gives the same output shapes
+    shapes = {}
+    for tag, m in (("a", a), ("b", b)):
+        hooks = [getattr(m, st).register_forward_hook(
+            lambda mod, i, o, st=st, tag=tag: shapes.__setitem__((tag, st), tuple(o.shape)))
+            for st in ("enc1", "enc2", "enc3", "enc4", "enc5", "dec1", "dec2", "dec3", "dec4", "head")]
+        m.eval()(torch.randn(1, 1, 64, 64))
+        for h in hooks:
+            h.remove()
+    assert len(shapes) == 20
+    assert all(shapes[("a", st)] == shapes[("b", st)] for _, st in shapes), shapes
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -1,0 +1,82 @@
+"""Numbers quoted in the README, the docs and the model card come from the JSON they cite:
+these tests fail when one drifts from its source."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = (REPO / "README.md").read_text()
+GPU = REPO / "reports" / "nudt_gpu_522ep"
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _row(text: str, marker: str) -> str:
+    return next(line for line in text.splitlines() if marker in line)
+
+
+def test_readme_accuracy_row_of_the_gpu_run():
+    m = json.loads((GPU / "metrics.json").read_text())
+    row = _row(README, "522 epochs")
+    for value in (pct(m["iou"]), pct(m["f1"]), pct(m["niou"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
+        assert value in row, (value, row)
+
+
+def test_model_card_rows_come_from_their_evaluations():
+    card = (REPO / "sgem" / "weights" / "MODEL_CARD.md").read_text()
+    for marker, source in (("fp32 training weights, fp32 on a CPU", "metrics.json"),
+                           ("these fp16 weights, fp32 on a CPU", "metrics_shipped_fp16_weights.json"),
+                           ("these fp16 weights, bf16 autocast", "metrics_shipped_fp16_weights_bf16.json")):
+        m = json.loads((GPU / source).read_text())
+        row = _row(card, marker)
+        for value in (pct(m["iou"]), pct(m["niou"]), pct(m["f1"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
+            assert value in row, (marker, value, row)
+    assert "BF16_" not in card and "FP32_" not in card
+
+
+def test_readme_gpu_speed_claims():
+    rows = json.loads((GPU / "bench_cuda.json").read_text())["results"]
+    fps = {(r["model"], r["mode"]): r["fps"] for r in rows}
+    text = " ".join(README.split())
+    assert f"eager fp32 `sgem_unet` {fps[('sgem_unet', 'fp32')]:.0f} FPS" in text
+    assert f"DNANet {fps[('dnanet', 'fp32')]:.1f}, ACM {fps[('acm', 'fp32')]:.0f}" in text
+    assert f"{fps[('sgem_unet', 'fp32')] / fps[('dnanet', 'fp32')]:.1f}x DNANet's FPS" in text
+    assert f"{fps[('sgem_unet', 'fp32')] / fps[('acm', 'fp32')]:.2f}x ACM's" in text
+    assert f"reaches {fps[('sgem_unet', 'fp32+graph')]:.0f} FPS in fp32 and {fps[('sgem_unet', 'bf16+cl+graph')]:.0f}" \
+           in text
+    assert f"ACM {fps[('acm', 'fp32+graph')]:,.0f}" in text
+    assert f"ACM is {fps[('acm', 'fp32+graph')] / fps[('sgem_unet', 'fp32+graph')]:.1f}x faster" in text
+
+
+def test_readme_complexity_table():
+    for name in ("sgem_unet", "unet"):
+        p = json.loads((REPO / "reports" / "profile" / f"{name}_cpu_fp32_b1.json").read_text())
+        row = _row(README, f"| `{name}`")
+        for value in (f"{p['params'] / 1e6:.3f} M", f"{p['macs_module'] / 1e9:.3f} G", f"{p['macs_full'] / 1e9:.3f} G"):
+            assert value in row, (name, value, row)
+
+
+def test_demo_reference_table_matches_its_json():
+    ref = json.loads((REPO / "reports" / "reference" / "demo.json").read_text())
+    md = (REPO / "reports" / "reference" / "demo.md").read_text()
+    for run in ref["runs"]:
+        row = _row(md, f"| {run['cpu']} |")
+        assert run["commit"] in row
+        for value in (pct(run["iou"]), pct(run["niou"]), pct(run["f1"]), pct(run["pd"]), f"{run['fa'] * 1e6:.0f}"):
+            assert value in row, (value, row)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/training.md", "docs/architecture.md", "docs/protocols.md",
+                                 "docs/gpu.md", "sgem/weights/MODEL_CARD.md"])
+def test_files_the_docs_point_to_exist(doc):
+    text = (REPO / doc).read_text()
+    for ref in set(re.findall(r"`((?:reports|docs|sgem|tools|tests)/[\w./-]+\.(?:md|json|py|sh|pt|png|sha256|yaml))`",
+                              text)):
+        assert (REPO / ref).exists(), f"{doc} cites {ref}, which does not exist"
