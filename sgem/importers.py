@@ -16,12 +16,19 @@ with their dataset's mean and std; sgem reads images in [0, 1], so both are divi
 Renaming rules (regular expressions applied in order to each key after the prefix is
 removed), per model:
 
-* ``acm``, ``alcnet`` (BasicIRSTD's ResNet-style blocks): ``convN``/``bnN`` of a residual
-  block are sgem's ``body.0``/``body.1`` (first conv/BN) and ``body.3``/``body.4``
-  (second); ``downsample`` is ``down``; the FCN head's ``head.block.`` is ``head.``.
-  Checked on LESPS's released ACM (297 tensors, ``tests/test_importers.py``).
+* ``acm`` (BasicIRSTD's ResNet-style blocks): ``convN``/``bnN`` of a residual block are
+  sgem's ``body.0``/``body.1`` (first conv/BN) and ``body.3``/``body.4`` (second);
+  ``downsample`` is ``down``; the FCN head's ``head.block.`` is ``head.``. Checked on
+  LESPS's released ACM (297 tensors; its published NUDT-SIRST IoU reproduced,
+  ``tests/test_importers.py``).
+* ``dnanet`` (BasicIRSTD's DNANet, 1 input channel): the CBAM spatial gate's ``sa.conv1``
+  is ``sa.conv``; the four deep-supervision heads ``final1`` ... ``final4`` are
+  ``heads.0`` ... ``heads.3``; every other name is the same. Checked against BasicIRSTD's
+  own DNANet code with the same weights (570 tensors; its sigmoid output equals the
+  sigmoid of sgem's logits exactly).
 
-Other models are refused until their mapping has been checked on real weights.
+Other models (ALCNet, UIU-Net, ISNet) are refused until their mapping has been checked
+against the toolbox's code or released weights.
 """
 
 from __future__ import annotations
@@ -43,9 +50,14 @@ RESNET_BLOCK_RULES: list[tuple[str, str]] = [
     (r"^head\.block\.", "head."),
 ]
 
-RULES: dict[str, list[tuple[str, str]]] = {
+DNANET_RULES: list[tuple[str, Any]] = [
+    (r"\.sa\.conv1\.", ".sa.conv."),
+    (r"^final([1-4])\.", lambda m: f"heads.{int(m.group(1)) - 1}."),
+]
+
+RULES: dict[str, list[tuple[str, Any]]] = {
     "acm": RESNET_BLOCK_RULES,
-    "alcnet": RESNET_BLOCK_RULES,
+    "dnanet": DNANET_RULES,
 }
 
 WRAPPERS = ("state_dict", "net", "model", "model_state_dict")

@@ -86,3 +86,21 @@ def test_lesps_acm_scores_its_published_nudt_sirst_iou(tmp_path, capsys):
     r = evaluate_checkpoint(tmp_path / "acm.pt", NUDT, curves=False)
     assert round(r["iou"] * 100, 2) == 57.42
     assert r["counts"]["images"] == 664 and abs(r["pd"] * 100 - 91.75) < 0.5   # their Pd code differs in detail
+
+
+def test_a_basicirstd_style_dnanet_round_trips_exactly(tmp_path):
+    """BasicIRSTD names the spatial gate's conv `sa.conv1` and the four heads `final1..4`."""
+    torch.manual_seed(0)
+    src_model = create_model("dnanet", widths=[4, 8, 16, 32, 64]).eval()
+    theirs = {}
+    for k, v in src_model.state_dict().items():
+        k = re.sub(r"\.sa\.conv\.", ".sa.conv1.", k)
+        k = re.sub(r"^heads\.(\d)\.", lambda m: f"final{int(m.group(1)) + 1}.", k)
+        theirs[k] = v
+    assert "final4.weight" in theirs and any(".sa.conv1." in k for k in theirs)
+    torch.save({"state_dict": theirs}, tmp_path / "dnanet.pth.tar")
+    import_checkpoint(tmp_path / "dnanet.pth.tar", "dnanet", mean=107.8, std=33.0, out=tmp_path / "d.pt",
+                      model_kwargs={"widths": [4, 8, 16, 32, 64]})
+    model, _ = model_from_checkpoint(tmp_path / "d.pt")
+    x = torch.randn(1, 1, 64, 64)
+    assert torch.equal(model(x), src_model(x))
