@@ -294,6 +294,29 @@ def _cmd_bench_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+    from .io import atomic_write_json, atomic_write_text
+    from .report import ablation, ablation_markdown
+
+    groups: dict[str, list[str]] = {}
+    for run in args.runs:
+        p = Path(run)
+        state = load_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+        groups.setdefault(state["config"]["model"], []).append(run)
+    order = sorted(groups, key=lambda n: (n != "sgem_unet", n))
+    report = ablation({n: groups[n] for n in order}, split=args.split)
+    report["command"] = args.command_line
+    md = (f"Command: `{args.command_line}`\n\nLast-epoch {args.split} metrics of each run (the protocol's own "
+          f"evaluation, no selection).\n\n" + ablation_markdown(report))
+    atomic_write_json(f"{args.out}.json", report)
+    atomic_write_text(f"{args.out}.md", md)
+    print(md)
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx":
         return _cmd_export_onnx(args)
@@ -463,6 +486,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also split the file into parts of at most this many MiB, with a sha256 manifest "
                         "(OUT.parts.json); `sgem join` rebuilds it")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("ablation", help="runs of several models (and seeds) side by side, with the seed spread")
+    p.add_argument("runs", nargs="+", help="run folders (or checkpoints) of complete runs, any models")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", default="reports/ablation", help="file stem for .json and .md")
+    p.set_defaults(func=_cmd_ablation)
 
     p = sub.add_parser("bench-deploy", help="every CPU inference path of a trained model: FPS and accuracy",
                        description="torch fp32/bf16 (+channels_last), ONNX Runtime fp32 and int8, timed interleaved "

@@ -107,3 +107,59 @@ def provenance(stage: str, params: dict[str, Any], *, device: str | None = None)
         "git_commit": commit,
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+# ----------------------------------------------------------------------------- the ablation
+
+ABLATION_METRICS = ("iou", "niou", "f1", "pd", "fa")
+
+
+def ablation(runs: dict[str, list[str | Path]], split: str = "test") -> dict[str, Any]:
+    """Models trained under one protocol with several seeds, side by side: for each model
+    its runs' last-epoch ``split`` metrics (from each run's checkpoint history, i.e. the
+    protocol's own evaluation, no selection), their mean and range, and every model's
+    mean IoU minus the first model's, beside the seed-to-seed spread."""
+    from .checkpoint import load_checkpoint
+
+    models: dict[str, Any] = {}
+    for name, paths in runs.items():
+        rows = []
+        for p in paths:
+            p = Path(p)
+            state = load_checkpoint(p / "checkpoint.pt" if p.is_dir() else p)
+            last = state["history"][-1]
+            if f"{split}/iou" not in last or state["epoch"] != state["config"]["epochs"]:
+                raise ValueError(f"{p}: not a complete run with {split} metrics at its last epoch")
+            rows.append({"run": str(p.name), "seed": state["config"]["seed"], "model": state["config"]["model"],
+                         "epochs": state["epoch"], "wall_s": round(sum(r["train/seconds"] for r in state["history"])),
+                         "resolved": state.get("resolved"),
+                         **{k: last[f"{split}/{k}"] for k in ABLATION_METRICS}})
+        ious = [r["iou"] for r in rows]
+        models[name] = {"runs": rows, "mean": {k: sum(r[k] for r in rows) / len(rows) for k in ABLATION_METRICS},
+                        "iou_range": [min(ious), max(ious)], "seeds": [r["seed"] for r in rows]}
+    names = list(models)
+    ref = models[names[0]]
+    spread = max(m["iou_range"][1] - m["iou_range"][0] for m in models.values())
+    for name in names:
+        models[name]["iou_minus_first"] = models[name]["mean"]["iou"] - ref["mean"]["iou"]
+    return {"split": split, "models": models, "order": names, "largest_seed_range_iou": spread}
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+    names = report["order"]
+    lines = ["| model | seeds | IoU (mean) | IoU per seed | nIoU | F1 | Pd | Fa (x1e-6) | IoU - " + names[0] + " |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        m = report["models"][name]
+        per = ", ".join(f"{100 * r['iou']:.2f}" for r in m["runs"])
+        mean = m["mean"]
+        lines.append(f"| {name} | {', '.join(map(str, m['seeds']))} | {100 * mean['iou']:.2f} | {per} | "
+                     f"{100 * mean['niou']:.2f} | {100 * mean['f1']:.2f} | {100 * mean['pd']:.2f} | "
+                     f"{1e6 * mean['fa']:.2f} | {100 * m['iou_minus_first']:+.2f} |")
+    spread = 100 * report["largest_seed_range_iou"]
+    diffs = [abs(100 * report["models"][n]["iou_minus_first"]) for n in names[1:]]
+    verdict = ("larger than" if diffs and min(diffs) > spread else "not larger than")
+    lines.append("")
+    lines.append(f"Largest seed-to-seed range of IoU within one model: {spread:.2f} points. The difference between "
+                 f"the models' means is {verdict} that range.")
+    return "\n".join(lines) + "\n"

@@ -422,3 +422,24 @@ def test_precision_auto_resolves_and_is_recorded(tiny_data, tmp_path, monkeypatc
     summary = train(tiny_cfg(tiny_data, tmp_path / "yes", epochs=1, precision="auto", deterministic=False))
     assert summary["resolved"] == {**summary["resolved"], "precision": "bf16", "channels_last": True}
     assert load_checkpoint(tmp_path / "yes" / CHECKPOINT_NAME)["resolved"]["processor"]
+
+
+def test_ablation_puts_models_and_seeds_side_by_side(tiny_data, tmp_path, capsys):
+    runs = []
+    for model, kw in (("sgem_unet", TINY_MODEL), ("unet", {"widths": [4, 8, 16, 32, 64]})):
+        for seed in (1, 2):
+            out = tmp_path / f"{model}_{seed}"
+            train(tiny_cfg(tiny_data, out, epochs=2, model=model, model_kwargs=kw, seed=seed, checkpoint_every=2))
+            runs.append(str(out))
+    assert main(["ablation", *runs, "--out", str(tmp_path / "abl")]) == 0
+    report = json.loads((tmp_path / "abl.json").read_text())
+    assert report["order"] == ["sgem_unet", "unet"] and report["models"]["unet"]["seeds"] == [1, 2]
+    first = report["models"]["sgem_unet"]
+    assert first["mean"]["iou"] == pytest.approx(sum(r["iou"] for r in first["runs"]) / 2)
+    md = (tmp_path / "abl.md").read_text()
+    assert "| unet | 1, 2 |" in md and "seed-to-seed range" in md
+    with pytest.raises(ValueError, match="not a complete run"):
+        partial = tmp_path / "partial"
+        train(tiny_cfg(tiny_data, partial, epochs=3), stop_after_epochs=1)
+        from sgem.report import ablation
+        ablation({"x": [partial]})
