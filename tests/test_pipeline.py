@@ -1,5 +1,6 @@
 """The DVC pipeline: notebooks run by papermill as stages, in a temporary clone."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -127,7 +128,7 @@ def test_params_files_hold_the_paper_protocol_the_cpu_protocol_and_the_demo():
             paper["train"]["crop_size"]) == (1500, 8, 1e-4, 256)
     demo = yaml.safe_load((REPO / "params.demo.yaml").read_text())
     cpu = yaml.safe_load((REPO / "params.cpu.yaml").read_text())
-    assert demo["data"]["source"] == "synthetic" and set(demo) == set(paper) == set(cpu)
+    assert demo["data"]["source"] == "synthetic" and set(demo) == set(paper) == set(cpu) - {"deploy"}
     assert cpu["data"]["root"] == paper["data"]["root"] and cpu["evaluate"]["split"] == "test"
     assert cpu["train"]["eval_every"] == 0   # the test split is scored once, at the last epoch
     from sgem.train import TrainConfig
@@ -144,10 +145,18 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
     cpu = yaml.safe_load((clone / "params.cpu.yaml").read_text())
     tiny = {**TINY, "data": {**cpu["data"], "overview_images": 4},
             "train": {**cpu["train"], **TINY["train"], "epochs": 3, "warmup_epochs": 1, "final_epochs": 1,
-                      "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error"}}
+                      "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error"},
+            "deploy": {**cpu["deploy"], "calibration": 4, "batches": "1", "warmup_s": 0.1, "budget_s": 0.3,
+                       "compile_flag": ""}}
     (clone / "params.cpu.yaml").write_text(yaml.safe_dump(tiny))
     _run([BIN / "dvc", "repro", "figures@cpu"], clone, timeout=900)
     _check_reports(clone / "reports" / "cpu")
+    if importlib.util.find_spec("onnxruntime"):   # the deploy stage: the [deploy] extra
+        _run([BIN / "dvc", "repro", "deploy@cpu"], clone, timeout=900)
+        table = json.loads((clone / "reports" / "cpu" / "deploy" / "bench_deploy.json").read_text())
+        assert {r["path"] for r in table["rows"]} >= {"torch fp32 (eager, the reference)", "onnxruntime fp32",
+                                                      "onnxruntime int8 (static, QDQ)"}
+        assert all("iou" in r for r in table["rows"])
     summary = json.loads((clone / "reports" / "cpu" / "train" / "summary.json").read_text())
     assert summary["resolved"]["precision"] in ("bf16", "fp32") and summary["complete"]
     history = json.loads((clone / "reports" / "cpu" / "train" / "history.json").read_text())
