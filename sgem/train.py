@@ -884,6 +884,12 @@ class Trainer:
 
             progress = tqdm(total=cfg.epochs, initial=self.start_epoch, desc=f"train {cfg.model}", unit="epoch")
         epochs_this_call, longest = 0, 0.0
+        if (self.epoch >= cfg.epochs and self.history and self.is_main
+                and f"{cfg.eval_split}/iou" not in self.history[-1]):
+            # the final evaluation failed after the final checkpoint was written: do it now
+            self.evaluate(self.history[-1])
+            self.save()
+            logger.log(self.history[-1], self.history, write_history=True)
         while self.epoch < cfg.epochs:
             row = self.train_one_epoch()
             epochs_this_call += 1

@@ -59,10 +59,16 @@ def test_the_final_checkpoint_is_written_before_the_final_evaluation(data, tmp_p
     def broken(*a, **k):
         raise RuntimeError("evaluation failed")
 
+    original = E.evaluate_model
     monkeypatch.setattr(E, "evaluate_model", broken)
     with pytest.raises(RuntimeError, match="evaluation failed"):
         train(cfg(data, tmp_path / "run"))
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["epoch"] == 3
+    # a rerun does the missing final evaluation, without training again
+    monkeypatch.setattr(E, "evaluate_model", original)
+    summary = train(cfg(data, tmp_path / "run"))
+    assert "test/iou" in summary["last"] and summary["epochs_done"] == 3
+    assert "test/iou" in load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["history"][-1]
 
 
 def test_a_second_run_on_the_same_folder_stops_at_once(data, tmp_path):
