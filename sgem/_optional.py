@@ -15,6 +15,7 @@ KNOWN = {
     "dvclive": ("dvclive", "pipeline"),
     "onnx": ("onnx", "deploy"),
     "onnxruntime": ("onnxruntime", "deploy"),
+    "openvino": ("openvino", "deploy"),
 }
 
 

@@ -284,7 +284,8 @@ def _cmd_bench_deploy(args: argparse.Namespace) -> int:
     from .io import atomic_write_json, atomic_write_text
 
     report = deploy_bench(args.checkpoint, args.onnx, args.onnx_int8, data=args.data, batches=args.batch,
-                          warmup_s=args.warmup_s, budget_s=args.budget_s, compile=args.compile)
+                          warmup_s=args.warmup_s, budget_s=args.budget_s, compile=args.compile,
+                          openvino=args.openvino)
     report["command"] = args.command_line
     md = f"Command: `{args.command_line}`\n\n" + deploy_markdown(report)
     atomic_write_json(f"{args.out}.json", report)
@@ -429,8 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="score a checkpoint, or saved predictions of any method")
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights (sgem/weights/MODEL_CARD.md)")
     p.add_argument("--pred-dir", default=None, help="PNG maps named by stem (8-bit /255, 16-bit /65535)")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="onnxruntime: --checkpoint is an .onnx file from `sgem export --format onnx` (the [deploy] extra)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
+                   help="onnxruntime or openvino: --checkpoint is an .onnx file from `sgem export --format onnx` "
+                        "(the [deploy] extra); --precision bf16/auto then asks OpenVINO for bf16")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="inference precision (default fp32, the reference; auto: bf16 + channels_last where "
                         "the device computes bf16 natively)")
@@ -505,6 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=10.0, help="seconds of timed rounds per batch size")
     p.add_argument("--compile", action="store_true",
                    help="add torch.compile of the bf16 + channels_last path (compilation not timed)")
+    p.add_argument("--openvino", action="store_true",
+                   help="add OpenVINO rows (fp32, and bf16 where the CPU computes it natively) on the ONNX file")
     p.add_argument("--out", default="reports/bench_cpu_deploy", help="file stem for .json and .md")
     p.set_defaults(func=_cmd_bench_deploy)
 
@@ -538,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="default: the shipped weights (sgem/weights/MODEL_CARD.md)")
     p.add_argument("paths", nargs="+")
     p.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
-    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch",
-                   help="onnxruntime: --checkpoint is an .onnx file from `sgem export --format onnx` (the [deploy] extra)")
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "openvino"], default="torch",
+                   help="onnxruntime or openvino: --checkpoint is an .onnx file from `sgem export --format onnx` "
+                        "(the [deploy] extra); --precision bf16/auto then asks OpenVINO for bf16")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
                    help="default auto: bf16 + channels_last where the device computes bf16 natively, else fp32")
     p.add_argument("--tile", type=int, default=1024,

@@ -155,6 +155,54 @@ class OnnxModel:
         return json.loads(self.meta["normalization"])
 
 
+class OpenVinoModel:
+    """An exported ONNX file run by OpenVINO on the CPU, called like an sgem model.
+
+    ``precision`` 'bf16' asks OpenVINO for bf16 inference (its ``INFERENCE_PRECISION_HINT``;
+    on a CPU with AMX or AVX512-BF16 it runs the convolutions in bf16), 'fp32' for f32.
+    One compiled model per input shape (compiled on first use), so that a fixed size runs
+    as a static graph."""
+
+    def __init__(self, path: str | Path, *, precision: str = "fp32", threads: int = 0) -> None:
+        ov = require("openvino", "the OpenVINO backend")
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"OpenVINO precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.path = Path(path)
+        self.onnx = OnnxModel(path)   # checks the file, reads sgem's metadata
+        self.meta, self.in_channels, self.size_multiple = self.onnx.meta, self.onnx.in_channels, \
+            self.onnx.size_multiple
+        self.core = ov.Core()
+        self.config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+                       "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = threads
+        self.precision = precision
+        self._compiled: dict[tuple[int, ...], Any] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        if x.ndim != 4 or x.shape[1] != self.in_channels or h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"{self.path}: expected input (B, {self.in_channels}, H, W) with H and W multiples of "
+                             f"{self.size_multiple}, got {tuple(x.shape)}")
+        shape = tuple(x.shape)
+        if shape not in self._compiled:
+            model = self.core.read_model(str(self.path))
+            model.reshape(list(shape))
+            self._compiled[shape] = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        req = self._compiled[shape]
+        req.infer({0: x.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(req.get_output_tensor(0).data.copy())
+
+    def eval(self) -> "OpenVinoModel":
+        return self
+
+    def to(self, *args: Any, **kwargs: Any) -> "OpenVinoModel":
+        return self
+
+    def normalization(self) -> dict[str, float]:
+        return self.onnx.normalization()
+
+
 def quantize_int8(src: str | Path, out: str | Path, calibration: Sequence[np.ndarray], *,
                   calibration_note: dict[str, Any]) -> dict[str, Any]:
     """Static int8 quantization of an exported fp32 file, calibrated on ``calibration``
@@ -225,7 +273,7 @@ def _torch_runner(model: nn.Module, precision: str, channels_last: bool, compile
 def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str | Path | None, *,
                  data: str | Path | None, batches: Sequence[int] = (1, 8), size: int = 256,
                  warmup_s: float = 2.0, budget_s: float = 10.0, min_runs: int = 5,
-                 compile: bool = False) -> dict[str, Any]:
+                 compile: bool = False, openvino: bool = False) -> dict[str, Any]:
     """Every CPU inference path of one trained model in one table: FPS at each batch
     (forward only, random input resident in memory, the paths timed interleaved in
     rounds after a time-based warm-up, median latency) and, where ``data`` is given, the
@@ -252,6 +300,10 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
         paths["torch bf16 autocast + channels_last + torch.compile"] = _torch_runner(model, "bf16", True, True)
     if onnx_int8 is not None:
         paths["onnxruntime int8 (static, QDQ)"] = OnnxModel(onnx_int8)
+    if openvino:
+        paths["openvino fp32"] = OpenVinoModel(onnx_fp32, precision="fp32")
+        if native_bf16("cpu"):
+            paths["openvino bf16"] = OpenVinoModel(onnx_fp32, precision="bf16")
     rows: dict[str, dict[str, Any]] = {name: {"path": name} for name in paths}
     for batch in batches:
         x = (torch.rand(batch, 1, size, size) - norm["mean"]) / norm["std"]
@@ -284,13 +336,15 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
 
         _, images, masks = load_split(data, "test")
         for n, f in paths.items():
-            probs = predict_probs(f if isinstance(f, OnnxModel) else _Callable(f), images, mean=norm["mean"],
-                                  std=norm["std"])
+            probs = predict_probs(f if isinstance(f, (OnnxModel, OpenVinoModel)) else _Callable(f), images,
+                                  mean=norm["mean"], std=norm["std"])
             m = evaluate_arrays(probs, masks, curves=False)
             rows[n].update({k: m[k] for k in ("iou", "niou", "f1", "pd", "fa")})
         for r in rows.values():
             r["iou_minus_reference"] = r["iou"] - ref["iou"]
     env = environment_info("cpu") | {"native_bf16": native_bf16("cpu"), "onnxruntime": _ort().__version__}
+    if openvino:
+        env["openvino"] = require("openvino", "the OpenVINO backend").__version__
     return {"checkpoint": str(checkpoint), "onnx_fp32": str(onnx_fp32), "onnx_int8": str(onnx_int8),
             "data": str(data) if data else None, "batches": list(batches), "size": size,
             "warmup_s": warmup_s, "budget_s": budget_s, "environment": env, "rows": list(rows.values())}
@@ -317,7 +371,8 @@ def deploy_markdown(report: dict[str, Any]) -> str:
     bs = report["batches"]
     head = (f"One trained `sgem_unet` ({report['checkpoint']}) through every CPU inference path, measured "
             f"in one run on {env['cpu']} ({env['torch_threads']} threads; native bf16: {env['native_bf16']}), "
-            f"torch {env['torch']}, ONNX Runtime {env['onnxruntime']}. Speed: forward only, input "
+            f"torch {env['torch']}, ONNX Runtime {env['onnxruntime']}"
+            f"{', OpenVINO ' + env['openvino'] if 'openvino' in env else ''}. Speed: forward only, input "
             f"Bx1x{report['size']}x{report['size']} in memory, the paths interleaved in rounds after "
             f"{report['warmup_s']} s of warm-up, {report['budget_s']} s of rounds per batch size, median latency. "
             f"Accuracy: the full test split of {report['data']} through the same path (threshold 0.5).\n\n")

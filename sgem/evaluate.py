@@ -133,20 +133,20 @@ def evaluate_model(model: nn.Module, data_root: str | Path, split: str = "test",
     return result
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "openvino")
 
 
-def load_for_inference(checkpoint: str | Path, *, backend: str = "torch", device: torch.device | str = "cpu"
-                       ) -> tuple[Any, dict[str, float], dict[str, Any]]:
+def load_for_inference(checkpoint: str | Path, *, backend: str = "torch", device: torch.device | str = "cpu",
+                       precision: str = "fp32") -> tuple[Any, dict[str, float], dict[str, Any]]:
     """(model, normalisation, description) for a PyTorch checkpoint (backend 'torch') or an
-    exported ONNX file (backend 'onnxruntime', :mod:`sgem.deploy`)."""
-    if backend == "onnxruntime":
-        from .deploy import OnnxModel
+    exported ONNX file (backend 'onnxruntime' or 'openvino', :mod:`sgem.deploy`)."""
+    if backend in ("onnxruntime", "openvino"):
+        from .deploy import OnnxModel, OpenVinoModel
 
         if Path(checkpoint).suffix.lower() != ".onnx":
-            raise ValueError(f"{checkpoint}: the onnxruntime backend takes an .onnx file "
+            raise ValueError(f"{checkpoint}: the {backend} backend takes an .onnx file "
                              f"(sgem export --format onnx makes one)")
-        model = OnnxModel(checkpoint)
+        model = OnnxModel(checkpoint) if backend == "onnxruntime" else OpenVinoModel(checkpoint, precision=precision)
         return model, model.normalization(), {"path": str(checkpoint), "backend": backend,
                                              "model": model.meta.get("model"), "selection": "exported",
                                              "onnx_precision": model.meta.get("precision")}
@@ -155,7 +155,7 @@ def load_for_inference(checkpoint: str | Path, *, backend: str = "torch", device
     from .checkpoint import model_from_checkpoint
 
     if Path(checkpoint).suffix.lower() == ".onnx":
-        raise ValueError(f"{checkpoint}: an ONNX file; use --backend onnxruntime")
+        raise ValueError(f"{checkpoint}: an ONNX file; use --backend onnxruntime or openvino")
     model, state = model_from_checkpoint(checkpoint, device)
     info = {"path": str(checkpoint), "backend": backend, "epoch": state["epoch"],
             "epochs": state["config"]["epochs"], "model": state["config"]["model"], "selection": "last epoch"}
@@ -173,15 +173,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data_root: str | Path, split: st
 
     dev = resolve_device(device)
     prec, channels_last = resolve_precision(precision, dev)
-    if backend == "onnxruntime":  # the file's own precision; no autocast or layout there
+    backend_precision = prec
+    if backend != "torch":  # the runtime's own precision (OpenVINO: bf16 on request); no autocast there
         prec, channels_last = "fp32", False
-    model, norm, info = load_for_inference(checkpoint, backend=backend, device=dev)
+    model, norm, info = load_for_inference(checkpoint, backend=backend, device=dev, precision=backend_precision)
     result = evaluate_model(model, data_root, split, split_file=split_file, mean=norm["mean"], std=norm["std"],
                             device=dev, curves=curves, save_pred=save_pred, precision=prec,
                             channels_last=channels_last, **metric_kwargs)
     result["checkpoint"] = info
-    result["inference"] = {"backend": backend, "precision": prec, "channels_last": channels_last,
-                           "requested": precision}
+    result["inference"] = {"backend": backend, "precision": prec if backend == "torch" else backend_precision,
+                           "channels_last": channels_last, "requested": precision}
     result["environment"] = environment_info(dev)
     if out is not None:
         atomic_write_json(out, result)
@@ -280,10 +281,11 @@ def predict_paths(checkpoint: str | Path | None, paths: Sequence[str | Path], ou
                          f"outputs (e.g. '{k}': {', '.join(map(str, v))}); predict them into separate --out folders")
     dev = resolve_device(device)
     prec, channels_last = resolve_precision(precision, dev)
-    if backend == "onnxruntime":
+    backend_precision = prec
+    if backend != "torch":
         prec, channels_last = "fp32", False
     model, norm, _ = load_for_inference(checkpoint if checkpoint is not None else default_checkpoint(),
-                                        backend=backend, device=dev)
+                                        backend=backend, device=dev, precision=backend_precision)
     written = []
     for f in files:
         image = load_image(f)

@@ -114,3 +114,26 @@ def test_a_failed_parity_check_writes_nothing(tmp_path, monkeypatch):
         D.export_onnx(create_model("acm").eval(), tmp_path / "a.onnx", name="acm", model_kwargs={},
                       normalization={"mean": 0.5, "std": 0.25}, images=[np.zeros((64, 64), np.float32)])
     assert not (tmp_path / "a.onnx").exists() and not list(tmp_path.glob(".a.onnx.*"))
+
+
+def test_openvino_backend_matches_pytorch(trained, capsys):
+    pytest.importorskip("openvino", reason="OpenVINO (the [deploy] extra) is not installed")
+    root, ckpt = trained
+    from sgem.deploy import OpenVinoModel
+    from sgem.evaluate import evaluate_checkpoint
+
+    fp32 = OpenVinoModel(root / "m.onnx", precision="fp32")
+    from sgem.checkpoint import model_from_checkpoint
+
+    model, state = model_from_checkpoint(ckpt)
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(fp32(x), ref, atol=1e-3)
+    assert fp32.normalization() == {"mean": state["normalization"]["mean"], "std": state["normalization"]["std"]}
+    a = evaluate_checkpoint(ckpt, root / "data", curves=False)
+    b = evaluate_checkpoint(root / "m.onnx", root / "data", curves=False, backend="openvino", precision="bf16")
+    assert b["inference"] == {"backend": "openvino", "precision": "bf16", "channels_last": False, "requested": "bf16"}
+    assert abs(a["iou"] - b["iou"]) < 0.05
+    with pytest.raises(ValueError, match="multiples of 16"):
+        fp32(torch.zeros(1, 1, 50, 64))
