@@ -80,3 +80,17 @@ def test_files_the_docs_point_to_exist(doc):
     for ref in set(re.findall(r"`((?:reports|docs|sgem|tools|tests)/[\w./-]+\.(?:md|json|py|sh|pt|png|sha256|yaml))`",
                               text)):
         assert (REPO / ref).exists(), f"{doc} cites {ref}, which does not exist"
+
+
+def test_readme_cpu_deployment_claims():
+    rows = {r["path"]: r for r in json.loads((REPO / "reports" / "bench_cpu_deploy.json").read_text())["rows"]}
+    text = " ".join(README.split())
+    ref, ov = rows["torch fp32 (eager, the reference)"], rows["openvino bf16"]
+    assert f"PyTorch fp32 eager runs at {ref['b1_fps']:.2f} FPS" in text
+    bf = rows["torch bf16 autocast + channels_last"]
+    assert f"channels_last at {bf['b1_fps']:.2f} ({bf['b1_speedup']:.1f}x)" in text
+    assert f"OpenVINO bf16 at {ov['b1_fps']:.2f} FPS ({ov['b1_speedup']:.1f}x), with the test IoU " \
+           f"{-100 * ov['iou_minus_reference']:.2f} points below fp32** ({100 * ov['iou']:.2f} against " \
+           f"{100 * ref['iou']:.2f})" in text
+    assert f"ONNX Runtime fp32 {rows['onnxruntime fp32']['b1_fps']:.2f} and int8 " \
+           f"{rows['onnxruntime int8 (static, QDQ)']['b1_fps']:.2f}" in text

@@ -147,7 +147,7 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
             "train": {**cpu["train"], **TINY["train"], "epochs": 3, "warmup_epochs": 1, "final_epochs": 1,
                       "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error"},
             "deploy": {**cpu["deploy"], "calibration": 4, "batches": "1", "warmup_s": 0.1, "budget_s": 0.3,
-                       "compile_flag": ""}}
+                       "compile_flag": "", "openvino_flag": ""}}
     (clone / "params.cpu.yaml").write_text(yaml.safe_dump(tiny))
     _run([BIN / "dvc", "repro", "figures@cpu"], clone, timeout=900)
     _check_reports(clone / "reports" / "cpu")
