@@ -130,7 +130,7 @@ def ablation(runs: dict[str, list[str | Path]], split: str = "test") -> dict[str
             last = state["history"][-1]
             if f"{split}/iou" not in last or state["epoch"] != state["config"]["epochs"]:
                 raise ValueError(f"{p}: not a complete run with {split} metrics at its last epoch")
-            rows.append({"run": str(p.name), "seed": state["config"]["seed"], "model": state["config"]["model"],
+            rows.append({"run": str(p), "seed": state["config"]["seed"], "model": state["config"]["model"],
                          "epochs": state["epoch"], "wall_s": round(sum(r["train/seconds"] for r in state["history"])),
                          "resolved": state.get("resolved"),
                          **{k: last[f"{split}/{k}"] for k in ABLATION_METRICS}})
@@ -158,8 +158,12 @@ def ablation_markdown(report: dict[str, Any]) -> str:
                      f"{1e6 * mean['fa']:.2f} | {100 * m['iou_minus_first']:+.2f} |")
     spread = 100 * report["largest_seed_range_iou"]
     diffs = [abs(100 * report["models"][n]["iou_minus_first"]) for n in names[1:]]
-    verdict = ("larger than" if diffs and min(diffs) > spread else "not larger than")
     lines.append("")
-    lines.append(f"Largest seed-to-seed range of IoU within one model: {spread:.2f} points. The difference between "
-                 f"the models' means is {verdict} that range.")
+    if min(len(report["models"][n]["runs"]) for n in names) < 2:
+        lines.append("One seed per model (at least for one of them): the seed-to-seed spread is not measured, so "
+                     "this difference cannot be told apart from the variation between seeds of one model.")
+    else:
+        verdict = ("larger than" if diffs and min(diffs) > spread else "not larger than")
+        lines.append(f"Largest seed-to-seed range of IoU within one model: {spread:.2f} points. The difference "
+                     f"between the models' means is {verdict} that range.")
     return "\n".join(lines) + "\n"

@@ -955,6 +955,35 @@ def train(cfg: TrainConfig | dict[str, Any], *, stop_after_epochs: int | None = 
                                      on_epoch_end=on_epoch_end)
 
 
+def train_ablation(train_params: dict[str, Any], *, models: list[str], seeds: list[int] | None = None,
+                   data_root: str | Path, runs_dir: str | Path, main_run: str | Path | None = None,
+                   log: Callable[[str], None] | None = None) -> dict[str, list[Path]]:
+    """Ablation runs under one protocol: each of ``models`` (and the protocol's own model
+    at every seed other than its own) trained with ``train_params`` and each of ``seeds``
+    (default: the protocol's seed), into ``runs_dir/<model>_s<seed>``; ``main_run`` is
+    the protocol's own run (its model at its seed), trained already. Complete runs are left
+    as they are, interrupted ones resumed. Returns the run folders by model, the protocol's
+    model first, ready for :func:`sgem.report.ablation`."""
+    base = TrainConfig.from_dict({**train_params, "data_root": str(data_root), "out_dir": str(runs_dir)})
+    seeds = list(seeds) if seeds else [base.seed]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"ablation seeds {seeds}: each seed once")
+    runs: dict[str, list[Path]] = {base.model: []}
+    for name in [base.model, *[m for m in models if m != base.model]]:
+        runs.setdefault(name, [])
+        for seed in seeds:
+            if name == base.model and seed == base.seed and main_run is not None:
+                runs[name].append(Path(main_run))
+                continue
+            out = Path(runs_dir) / f"{name}_s{seed}"
+            cfg = TrainConfig.from_dict({**base.to_dict(), "model": name, "seed": seed, "out_dir": str(out)})
+            summary = train(cfg, log=log)
+            if not summary["complete"]:
+                raise RuntimeError(f"{out}: the ablation run stopped before its last epoch")
+            runs[name].append(out)
+    return runs
+
+
 def _match_optimizer_to_params(opt: torch.optim.Optimizer, fused: bool) -> None:
     """After loading a saved optimizer state (which may come from another device, layout
     or fused setting): the flags are this run's, every state tensor has its parameter's

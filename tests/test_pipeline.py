@@ -26,6 +26,7 @@ TINY = {
     "bench": {"device": "cpu", "batches": [1], "precisions": None, "size": 32, "channels": 1, "runs": 1,
               "warmup": 0, "budget_s": None},
     "figures": {"dataset_name": "synthetic (tiny)", "sgem_map_images": 1},
+    "ablation": {"models": [], "seeds": []},
 }
 
 
@@ -131,6 +132,7 @@ def test_params_files_hold_the_paper_protocol_the_cpu_protocol_and_the_demo():
     assert demo["data"]["source"] == "synthetic" and set(demo) == set(paper) == set(cpu) - {"deploy"}
     assert cpu["data"]["root"] == paper["data"]["root"] and cpu["evaluate"]["split"] == "test"
     assert cpu["train"]["eval_every"] == 0   # the test split is scored once, at the last epoch
+    assert cpu["ablation"]["models"] == ["unet"] and demo["ablation"]["models"] == []
     from sgem.train import TrainConfig
     for p in (paper, demo, cpu):  # every train key is a real setting
         TrainConfig.from_dict({**p["train"], "data_root": "x"}).validate()
@@ -147,7 +149,8 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
             "train": {**cpu["train"], **TINY["train"], "epochs": 3, "warmup_epochs": 1, "final_epochs": 1,
                       "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error"},
             "deploy": {**cpu["deploy"], "calibration": 4, "batches": "1", "warmup_s": 0.1, "budget_s": 0.3,
-                       "compile_flag": "", "openvino_flag": ""}}
+                       "compile_flag": "", "openvino_flag": ""},
+            "ablation": cpu["ablation"]}
     (clone / "params.cpu.yaml").write_text(yaml.safe_dump(tiny))
     _run([BIN / "dvc", "repro", "figures@cpu"], clone, timeout=900)
     _check_reports(clone / "reports" / "cpu")
@@ -161,3 +164,11 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
     assert summary["resolved"]["precision"] in ("bf16", "fp32") and summary["complete"]
     history = json.loads((clone / "reports" / "cpu" / "train" / "history.json").read_text())
     assert [r["train/crop"] for r in history] == [32, 32, 64]
+    # the ablation: unet under the same protocol and seed, beside sgem_unet, in the ablation table and Table 1
+    abl = json.loads((clone / "reports" / "cpu" / "train" / "ablation.json").read_text())
+    assert abl["order"] == ["sgem_unet", "unet"] and abl["models"]["unet"]["seeds"] == [tiny["train"]["seed"]]
+    assert abl["models"]["sgem_unet"]["runs"][0]["run"] == "runs/cpu"
+    assert abl["models"]["unet"]["runs"][0]["epochs"] == 3
+    table = (clone / "reports" / "cpu" / "figures" / "table1.md").read_text()
+    unet_row = next(line for line in table.splitlines() if line.startswith("| unet (this run's ablation, 1 seed(s))"))
+    assert f"{100 * abl['models']['unet']['mean']['iou']:.2f}" in unet_row

@@ -438,6 +438,8 @@ def test_ablation_puts_models_and_seeds_side_by_side(tiny_data, tmp_path, capsys
     assert first["mean"]["iou"] == pytest.approx(sum(r["iou"] for r in first["runs"]) / 2)
     md = (tmp_path / "abl.md").read_text()
     assert "| unet | 1, 2 |" in md and "seed-to-seed range" in md
+    assert main(["ablation", runs[0], runs[2], "--out", str(tmp_path / "one")]) == 0   # one seed each
+    assert "spread is not measured" in (tmp_path / "one.md").read_text()
     with pytest.raises(ValueError, match="not a complete run"):
         partial = tmp_path / "partial"
         train(tiny_cfg(tiny_data, partial, epochs=3), stop_after_epochs=1)
