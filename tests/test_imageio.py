@@ -92,7 +92,8 @@ def test_perfect_predictions_score_1_whatever_their_container(tmp_path):
         assert r["iou"] == 1.0 and r["pd"] == 1.0, container
 
 
-def test_check_data_reads_images_fully_and_reports_ambiguous_stems(tmp_path, capsys):
+def test_check_data_reads_images_fully_and_reports_ambiguous_stems(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # check-data writes its filtered split file into the working folder
     root = tmp_path / "d"
     make_synthetic(root, n=8, size=64, seed=1)
     stem = (root / "train.txt").read_text().split()[0]
