@@ -94,3 +94,14 @@ def test_readme_cpu_deployment_claims():
            f"{100 * ref['iou']:.2f})" in text
     assert f"ONNX Runtime fp32 {rows['onnxruntime fp32']['b1_fps']:.2f} and int8 " \
            f"{rows['onnxruntime int8 (static, QDQ)']['b1_fps']:.2f}" in text
+
+
+def test_training_doc_pilot_rows_come_from_the_pilots_histories():
+    doc = (REPO / "docs" / "training.md").read_text()
+    for name in ("A", "B"):
+        history = json.loads((REPO / "reports" / "cpu_pilots" / f"{name}_history.json").read_text())
+        vals = ", ".join(pct(r["val/iou"]) for r in history if "val/iou" in r)
+        row = _row(doc, f"| {name} |").replace("**", "")
+        assert vals in row, (name, vals, row)
+        speed = sorted(r["train/images_per_s"] for r in history)[len(history) // 2]
+        assert f"| {speed:.1f} |" in row, (name, speed, row)
