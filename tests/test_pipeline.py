@@ -121,6 +121,8 @@ def test_notebooks_are_committed_without_outputs():
         code = [c for c in book["cells"] if c["cell_type"] == "code"]
         assert all(not c["outputs"] and c["execution_count"] is None for c in code), nb
         assert any("parameters" in c["metadata"].get("tags", []) for c in code), nb
+        ids = [c.get("id") for c in book["cells"]]   # nbformat 4.5: papermill warns about a cell without one
+        assert all(ids) and len(set(ids)) == len(ids), (nb, ids)
 
 
 def test_params_files_hold_the_paper_protocol_the_cpu_protocol_and_the_demo():
