@@ -74,7 +74,8 @@ def test_demo_reference_table_matches_its_json():
 
 
 @pytest.mark.parametrize("doc", ["README.md", "docs/training.md", "docs/architecture.md", "docs/protocols.md",
-                                 "docs/gpu.md", "sgem/weights/MODEL_CARD.md"])
+                                 "docs/gpu.md", "sgem/weights/MODEL_CARD.md", "reports/cpu/README.md",
+                                 "reports/cpu/MODEL_CARD.md", "reports/cpu_pilots/README.md"])
 def test_files_the_docs_point_to_exist(doc):
     text = (REPO / doc).read_text()
     for ref in set(re.findall(r"`((?:reports|docs|sgem|tools|tests)/[\w./-]+\.(?:md|json|py|sh|pt|png|sha256|yaml))`",
@@ -105,3 +106,31 @@ def test_training_doc_pilot_rows_come_from_the_pilots_histories():
         assert vals in row, (name, vals, row)
         speed = sorted(r["train/images_per_s"] for r in history)[len(history) // 2]
         assert f"| {speed:.1f} |" in row, (name, speed, row)
+
+
+CPU = REPO / "reports" / "cpu"
+
+
+def _check(row: str, m: dict) -> None:
+    for value in (pct(m["iou"]), pct(m["niou"]), pct(m["f1"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
+        assert value in row, (value, row)
+
+
+def test_cpu_profile_numbers_in_the_readme_and_its_report():
+    metrics = json.loads((CPU / "metrics.json").read_text())
+    unet = json.loads((CPU / "train" / "ablation.json").read_text())["models"]["unet"]["mean"]
+    report = (CPU / "README.md").read_text()
+    for text in (README, report):
+        _check(_row(text, "`sgem_unet` (this profile)" if text is report else "`cpu` profile, `sgem_unet`"), metrics)
+        _check(_row(text, "`unet`, the ablation" if text is report else "`cpu` profile, `unet`"), unet)
+    flat = " ".join(README.split())
+    assert f"`sgem_unet` reaches IoU {pct(metrics['iou'])}" in flat and f"scores {pct(unet['iou'])}" in flat
+    assert f"{100 * (unet['iou'] - metrics['iou']):.2f} IoU points above `sgem_unet`" in " ".join(report.split())
+
+
+def test_cpu_model_card_rows_come_from_their_evaluations():
+    card = (CPU / "MODEL_CARD.md").read_text()
+    for marker, source in (("fp32 training weights, fp32", "metrics.json"),
+                           ("these fp16 weights, fp32", "metrics_shipped_fp16_weights.json"),
+                           ("these fp16 weights, bf16 autocast", "metrics_shipped_fp16_weights_bf16.json")):
+        _check(_row(card, marker), json.loads((CPU / source).read_text()))

@@ -74,3 +74,29 @@ def test_bf16_and_fp32_inference_agree_on_the_shipped_weights():
     for a, b in zip(p32, p16):
         # bf16 moves probabilities near a target's edge a little; masks agree almost everywhere
         assert np.mean((a > 0.5) != (b > 0.5)) < 2e-3 and np.abs(a - b).mean() < 1e-3
+
+
+CPU_RUN = REPO / "reports" / "cpu"
+
+
+def test_cpu_profile_weights_load_with_their_provenance():
+    model, state = model_from_checkpoint(CPU_RUN / "sgem_unet_cpu.pt")
+    assert state["weights_dtype"] == "float16" and state["config"]["model"] == "sgem_unet"
+    assert state["epoch"] == state["config"]["epochs"] == 100 and state["config"]["ema_decay"] > 0
+    metrics = json.loads((CPU_RUN / "metrics.json").read_text())
+    assert metrics["epoch"] == state["epoch"] and metrics["selection"] == "last epoch"
+    assert state["history"][-1]["test/iou"] == pytest.approx(metrics["iou"], abs=1e-4)
+
+
+@pytest.mark.nudt
+@pytest.mark.skipif(NUDT is None, reason="NUDT-SIRST not found (data/NUDT-SIRST or $SGEM_DATA)")
+def test_cpu_profile_weights_score_a_few_test_images_as_the_full_split_did():
+    """24 test images: the CPU profile's weights find most targets (its full-split IoU is
+    ~77, `reports/cpu/metrics.json`)."""
+    model, state = model_from_checkpoint(CPU_RUN / "sgem_unet_cpu.pt")
+    stems = read_split(NUDT / "test.txt")[::28][:24]
+    images = [load_image(find_image(NUDT / "images", s)) for s in stems]
+    masks = [load_mask(find_image(NUDT / "masks", s)) for s in stems]
+    norm = state["normalization"]
+    r = evaluate_arrays(predict_probs(model, images, mean=norm["mean"], std=norm["std"]), masks, curves=False)
+    assert r["iou"] > 0.6 and r["pd"] > 0.85, r
