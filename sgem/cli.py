@@ -299,8 +299,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .checkpoint import load_checkpoint
-    from .io import atomic_write_json, atomic_write_text
-    from .report import ablation, ablation_markdown
+    from .report import ablation, write_ablation
 
     groups: dict[str, list[str]] = {}
     for run in args.runs:
@@ -310,11 +309,8 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     order = sorted(groups, key=lambda n: (n != "sgem_unet", n))
     report = ablation({n: groups[n] for n in order}, split=args.split)
     report["command"] = args.command_line
-    md = (f"Command: `{args.command_line}`\n\nLast-epoch {args.split} metrics of each run (the protocol's own "
-          f"evaluation, no selection).\n\n" + ablation_markdown(report))
-    atomic_write_json(f"{args.out}.json", report)
-    atomic_write_text(f"{args.out}.md", md)
-    print(md)
+    print(write_ablation(report, args.out, f"Command: `{args.command_line}`\n\nLast-epoch {args.split} metrics of "
+                                           f"each run (the protocol's own evaluation, no selection)."))
     return 0
 
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .io import atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 from .paper import PAPER_DATASET, PAPER_DEVICE, TABLE1
 
 COLUMNS = ["model", "source", "dataset", "IoU source", "IoU", "F1", "nIoU", "Pd", "Fa (1e-6)", "FLOPs (G)", "Params (M)",
@@ -157,13 +157,23 @@ def ablation_markdown(report: dict[str, Any]) -> str:
                      f"{100 * mean['niou']:.2f} | {100 * mean['f1']:.2f} | {100 * mean['pd']:.2f} | "
                      f"{1e6 * mean['fa']:.2f} | {100 * m['iou_minus_first']:+.2f} |")
     spread = 100 * report["largest_seed_range_iou"]
-    diffs = [abs(100 * report["models"][n]["iou_minus_first"]) for n in names[1:]]
     lines.append("")
     if min(len(report["models"][n]["runs"]) for n in names) < 2:
         lines.append("One seed per model (at least for one of them): the seed-to-seed spread is not measured, so "
                      "this difference cannot be told apart from the variation between seeds of one model.")
     else:
+        diffs = [abs(100 * report["models"][n]["iou_minus_first"]) for n in names[1:]]
         verdict = ("larger than" if diffs and min(diffs) > spread else "not larger than")
         lines.append(f"Largest seed-to-seed range of IoU within one model: {spread:.2f} points. The difference "
                      f"between the models' means is {verdict} that range.")
     return "\n".join(lines) + "\n"
+
+
+def write_ablation(report: dict[str, Any], out_stem: str | Path, intro: str) -> str:
+    """``out_stem``.json (the report) and ``out_stem``.md (``intro``, then the table);
+    returns the markdown."""
+    out_stem = Path(out_stem)
+    md = f"{intro}\n\n" + ablation_markdown(report)
+    atomic_write_json(out_stem.with_name(out_stem.name + ".json"), report)
+    atomic_write_text(out_stem.with_name(out_stem.name + ".md"), md)
+    return md

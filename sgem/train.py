@@ -968,9 +968,9 @@ def train_ablation(train_params: dict[str, Any], *, models: list[str], seeds: li
     seeds = list(seeds) if seeds else [base.seed]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"ablation seeds {seeds}: each seed once")
-    runs: dict[str, list[Path]] = {base.model: []}
+    runs: dict[str, list[Path]] = {}
     for name in [base.model, *[m for m in models if m != base.model]]:
-        runs.setdefault(name, [])
+        runs[name] = []
         for seed in seeds:
             if name == base.model and seed == base.seed and main_run is not None:
                 runs[name].append(Path(main_run))

@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 GPU = REPO / "reports" / "nudt_gpu_522ep"
+CPU = REPO / "reports" / "cpu"
 
 
 def pct(x: float) -> str:
@@ -22,11 +23,15 @@ def _row(text: str, marker: str) -> str:
     return next(line for line in text.splitlines() if marker in line)
 
 
+def _check(row: str, m: dict) -> None:
+    """The row quotes the run's IoU, nIoU, F1, Pd (%, 2 decimals) and Fa (x1e-6)."""
+    for value in (pct(m["iou"]), pct(m["niou"]), pct(m["f1"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
+        assert value in row, (value, row)
+
+
 def test_readme_accuracy_row_of_the_gpu_run():
     m = json.loads((GPU / "metrics.json").read_text())
-    row = _row(README, "522 epochs")
-    for value in (pct(m["iou"]), pct(m["f1"]), pct(m["niou"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
-        assert value in row, (value, row)
+    _check(_row(README, "522 epochs"), m)
 
 
 def test_model_card_rows_come_from_their_evaluations():
@@ -34,10 +39,7 @@ def test_model_card_rows_come_from_their_evaluations():
     for marker, source in (("fp32 training weights, fp32 on a CPU", "metrics.json"),
                            ("these fp16 weights, fp32 on a CPU", "metrics_shipped_fp16_weights.json"),
                            ("these fp16 weights, bf16 autocast", "metrics_shipped_fp16_weights_bf16.json")):
-        m = json.loads((GPU / source).read_text())
-        row = _row(card, marker)
-        for value in (pct(m["iou"]), pct(m["niou"]), pct(m["f1"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
-            assert value in row, (marker, value, row)
+        _check(_row(card, marker), json.loads((GPU / source).read_text()))
     assert "BF16_" not in card and "FP32_" not in card
 
 
@@ -106,14 +108,6 @@ def test_training_doc_pilot_rows_come_from_the_pilots_histories():
         assert vals in row, (name, vals, row)
         speed = sorted(r["train/images_per_s"] for r in history)[len(history) // 2]
         assert f"| {speed:.1f} |" in row, (name, speed, row)
-
-
-CPU = REPO / "reports" / "cpu"
-
-
-def _check(row: str, m: dict) -> None:
-    for value in (pct(m["iou"]), pct(m["niou"]), pct(m["f1"]), pct(m["pd"]), f"{m['fa'] * 1e6:.2f}"):
-        assert value in row, (value, row)
 
 
 def test_cpu_profile_numbers_in_the_readme_and_its_report():
