@@ -516,7 +516,8 @@ def canonical_manifest(root: str | Path) -> Path | None:
 def compare_with_manifest(root: str | Path, manifest: str | Path) -> dict:
     """Every file the manifest lists, checked in ``root``: images and masks by sha256,
     split lists by their stems (the sha256 of the stems joined by LF); plus the files
-    ``root`` has in the listed folders that the manifest does not list. A ``# covers:``
+    ``root`` has in the listed folders that the manifest does not list (hidden files
+    such as ``.DS_Store`` aside). A ``# covers:``
     line says what part of the release the manifest covers. Returns {identical, checked,
     covers, differing, missing, extra}."""
     import hashlib
@@ -543,8 +544,10 @@ def compare_with_manifest(root: str | Path, manifest: str | Path) -> dict:
         elif hashlib.sha256(p.read_bytes()).hexdigest() != digest:
             differing.append(name)
     listed_dirs = {n.split("/", 1)[0] for n in expected if "/" in n}
+    # hidden files (.DS_Store, ._<name> from archives made on a Mac) are not part of a dataset
     extra = sorted(str(f.relative_to(root)) for d in listed_dirs if (root / d).is_dir()
-                   for f in (root / d).rglob("*") if f.is_file() and str(f.relative_to(root)) not in expected)
+                   for f in (root / d).rglob("*") if f.is_file() and str(f.relative_to(root)) not in expected
+                   and not any(part.startswith(".") for part in f.relative_to(root).parts))
     return {"manifest": str(manifest), "checked": len(expected), "covers": covers,
             "identical": not (differing or missing or extra),
             "differing": differing, "missing": missing, "extra": extra}

@@ -182,6 +182,24 @@ def test_check_data_compares_with_a_canonical_manifest(tmp_path, capsys):
     assert f"1 differing: images/{img.name}" in out and "train.txt" not in out.split("differs from")[1]
 
 
+def test_hidden_os_files_are_not_extra_files_of_a_release(tmp_path, capsys):
+    """Archives made on a Mac (SIRST's masks.zip) carry .DS_Store and ._<name> files:
+    not part of the dataset, so not reported; any other unlisted file still is."""
+    from sgem.synthetic import make_synthetic
+
+    root = tmp_path / "SET"
+    make_synthetic(root, n=4, size=64, seed=2)
+    (tmp_path / "SET.sha256").write_text(_manifest(root))
+    (root / "masks" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "images" / "._0000.png").write_bytes(b"\x00\x05\x16\x07")
+    assert main(["check-data", str(root), "--manifest", str(tmp_path / "SET.sha256")]) == 0
+    assert "identical to the canonical SET release" in capsys.readouterr().out
+    (root / "masks" / "notes.xml").write_text("<annotation/>")
+    main(["check-data", str(root), "--manifest", str(tmp_path / "SET.sha256")])
+    out = capsys.readouterr().out
+    assert "1 extra: masks/notes.xml" in out and ".DS_Store" not in out
+
+
 @pytest.mark.nudt
 @pytest.mark.skipif(NUDT is None, reason="NUDT-SIRST not found (data/NUDT-SIRST or $SGEM_DATA)")
 def test_nudt_sirst_is_the_canonical_release(capsys):
