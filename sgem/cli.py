@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="BasicIRSTD / LESPS / DNANet-repository weights of a model sgem implements, "
                                    "renamed and checked tensor by tensor (sgem/importers.py lists the rules).")
     p.add_argument("src")
-    p.add_argument("--model", required=True, help="sgem's name of the architecture (e.g. acm)")
+    p.add_argument("--model", required=True, help="sgem's name of the architecture: acm, alcnet, dnanet or uiunet")
     p.add_argument("--mean", type=float, required=True, help="training normalisation mean, 0-255 grey units")
     p.add_argument("--std", type=float, required=True, help="training normalisation std, 0-255 grey units")
     p.add_argument("--out", required=True)
