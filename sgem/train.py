@@ -82,6 +82,7 @@ class TrainConfig:
     crop_size: int = 256
     final_crop_size: int = 0         # the last final_epochs epochs use this crop (0: crop_size throughout)
     final_epochs: int = 0
+    crop_targets: float = 0.0        # probability that a crop is placed over a target pixel (0: uniform crops)
     warmup_epochs: int = 0           # linear warm-up from lr/10 to lr, then the scheduler over the rest
     ema_decay: float = 0.0           # > 0: evaluate and export an exponential moving average of the weights
     bn_recalibrate: bool = False     # at the end: BatchNorm statistics recomputed on the full-size train images
@@ -122,6 +123,8 @@ class TrainConfig:
             bad("final_epochs", f"at most epochs ({self.epochs})")
         if self.warmup_epochs >= self.epochs:
             bad("warmup_epochs", f"fewer than epochs ({self.epochs})")
+        if not 0.0 <= self.crop_targets <= 1.0:
+            bad("crop_targets", "a probability in [0, 1] (0: uniform random crops)")
         if not 0.0 <= self.ema_decay < 1.0:
             bad("ema_decay", "a number in [0, 1) (0: no averaging)")
         if not self.lr > 0:
@@ -334,6 +337,12 @@ class DeviceData:
         self._lists = (imgs, msks)
         self._stack: tuple[tuple[int, float], torch.Tensor, torch.Tensor] | None = None
         self._hw = (0, 0)
+        # every target pixel, image by image: (row, col) of image i's pixels are
+        # fg_yx[fg_start[i] : fg_start[i] + fg_count[i]] (for crops placed over a target)
+        coords = [torch.nonzero(m[0] > 0) for m in msks]
+        self.fg_count = torch.tensor([len(c) for c in coords], dtype=torch.long, device=device)
+        self.fg_start = torch.cumsum(self.fg_count, 0) - self.fg_count
+        self.fg_yx = (torch.cat(coords) if coords else torch.zeros((0, 2), dtype=torch.long, device=device)).to(device)
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -362,13 +371,19 @@ class DeviceData:
             self._stack = (key, si.view(-1), sm.view(-1))
         return self._stack[1], self._stack[2]
 
-    def batch(self, idx: list[int], crop: int, gen: torch.Generator, augment: str, pad_value: float
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, idx: list[int], crop: int, gen: torch.Generator, augment: str, pad_value: float,
+              crop_targets: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Random crops (padded with ``pad_value`` where an image is smaller) and flips.
 
         Per sample, five integers are drawn from ``gen`` (crop row, crop column, then
         horizontal flip, vertical flip and transpose, each applied when odd), in that
         order; the crop offset is taken modulo the valid range of that image.
+
+        ``crop_targets`` > 0: then four more integers per sample (after all the above):
+        with probability ``crop_targets`` a sample of an image that has targets is
+        placed over one of its target pixels, drawn uniformly, at a uniform offset among
+        those that keep that pixel inside the crop. With 0 nothing more is drawn, so runs
+        without it are unchanged.
         """
         images, masks = self._stacked(crop, pad_value)
         r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).to(self.device, non_blocking=True)
@@ -376,6 +391,17 @@ class DeviceData:
         hw = self.sizes[sel].clamp(min=crop)
         oy = r[:, 0] % (hw[:, 0] - crop + 1)
         ox = r[:, 1] % (hw[:, 1] - crop + 1)
+        if crop_targets > 0:
+            q = torch.randint(0, 2**31 - 1, (len(idx), 4), generator=gen).to(self.device, non_blocking=True)
+            count = self.fg_count[sel]
+            use = (q[:, 0].double() < crop_targets * (2**31 - 1)) & (count > 0)
+            k = self.fg_start[sel] + q[:, 1] % count.clamp(min=1)
+            t = self.fg_yx[k.clamp(max=max(len(self.fg_yx) - 1, 0))] if len(self.fg_yx) else torch.zeros_like(hw)
+            lo = (t - crop + 1).clamp(min=0)                    # offsets that keep pixel t in the crop
+            hi = torch.minimum(t, hw - crop)
+            tgt = lo + q[:, 2:4] % (hi - lo + 1)
+            oy = torch.where(use, tgt[:, 0], oy)
+            ox = torch.where(use, tgt[:, 1], ox)
         a = torch.arange(crop, device=self.device)
         if augment == "flip":
             flip = (r[:, 2:5] % 2).bool()
@@ -784,7 +810,7 @@ class Trainer:
         crop = self.crop_for(epoch)
         for s in range(self.steps):
             idx = mine[s * self.bsz:(s + 1) * self.bsz]
-            x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean)
+            x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean, crop_targets=cfg.crop_targets)
             x = (x - self.norm_mean) / self.norm_std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -85,3 +85,55 @@ def test_flips_and_transposes_all_occur():
             if torch.equal(x[0, 0], t):
                 seen.add(name)
     assert {"id", "h", "v", "t"} <= seen
+
+
+def _one_target_each(sizes, seed=0):
+    """Images with one target pixel each (at a random place), the last one with none."""
+    rng = np.random.default_rng(seed)
+    images = [rng.random(s, dtype=np.float32) for s in sizes]
+    masks, where = [], []
+    for i, (h, w) in enumerate(sizes):
+        m = np.zeros((h, w), dtype=bool)
+        if i < len(sizes) - 1:
+            y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+            m[y, x] = True
+            where.append((y, x))
+        masks.append(m)
+    return images, masks, where
+
+
+def test_crops_placed_over_targets_contain_one_at_any_position():
+    """crop_targets=1: every crop of an image with targets holds a target pixel, at
+    positions spread over the whole crop (not always centred); an image without targets
+    still gives an ordinary crop."""
+    sizes = [(64, 64), (80, 48), (20, 40), (64, 64)]   # the third is smaller than the crop: padded
+    images, masks, _ = _one_target_each(sizes)
+    masks[0][:] = False
+    masks[0][30, 33] = True         # central: every one of the 32 x 32 places in the crop is possible
+    data = DeviceData(images, masks, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    positions = set()
+    for _ in range(150):
+        x, y = data.batch([0, 1, 2, 3], 32, g, "none", pad_value=0.0, crop_targets=1.0)
+        assert y[:3].flatten(1).sum(1).tolist() == [1.0, 1.0, 1.0] and y[3].sum() == 0
+        positions.add(tuple(torch.nonzero(y[0, 0])[0].tolist()))
+    assert len(positions) > 100   # of 32 x 32 possible places
+
+
+def test_crop_targets_is_a_probability():
+    """crop_targets=0.5 places about half the crops over a target; the others are the
+    uniform crops, which here rarely hold the single target pixel."""
+    images, masks, _ = _one_target_each([(128, 128), (8, 8)])
+    data = DeviceData(images, masks, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    hits = [float(data.batch([0] * 50, 16, g, "flip", pad_value=0.0, crop_targets=0.5)[1].sum()) for _ in range(40)]
+    share = sum(hits) / 2000
+    uniform = (16 / 113) ** 2 * 0.5     # at most: the pixel inside a uniform crop
+    assert 0.45 < share < 0.5 + uniform + 0.05
+
+
+def test_crop_targets_outside_0_1_is_refused():
+    from sgem.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"crop_targets=1.5; expected a probability in \[0, 1\]"):
+        TrainConfig(data_root="x", crop_targets=1.5).validate()
