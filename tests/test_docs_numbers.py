@@ -101,13 +101,14 @@ def test_readme_cpu_deployment_claims():
 
 def test_training_doc_pilot_rows_come_from_the_pilots_histories():
     doc = (REPO / "docs" / "training.md").read_text()
-    for name in ("A", "B"):
+    for name in ("A", "B", "D"):
         history = json.loads((REPO / "reports" / "cpu_pilots" / f"{name}_history.json").read_text())
         vals = ", ".join(pct(r["val/iou"]) for r in history if "val/iou" in r)
         row = _row(doc, f"| {name} |").replace("**", "")
         assert vals in row, (name, vals, row)
-        speed = sorted(r["train/images_per_s"] for r in history)[len(history) // 2]
-        assert f"| {speed:.1f} |" in row, (name, speed, row)
+        if name in ("A", "B"):   # D ran on a shared machine: its speed is not quoted as a figure
+            speed = sorted(r["train/images_per_s"] for r in history)[len(history) // 2]
+            assert f"| {speed:.1f} |" in row, (name, speed, row)
 
 
 def test_cpu_profile_numbers_in_the_readme_and_its_report():
@@ -119,7 +120,8 @@ def test_cpu_profile_numbers_in_the_readme_and_its_report():
         _check(_row(text, "`unet`, the ablation" if text is report else "`cpu` profile, `unet`"), unet)
     flat = " ".join(README.split())
     assert f"`sgem_unet` reaches IoU {pct(metrics['iou'])}" in flat and f"scores {pct(unet['iou'])}" in flat
-    assert f"{100 * (unet['iou'] - metrics['iou']):.2f} IoU points above `sgem_unet`" in " ".join(report.split())
+    d = 100 * (unet["iou"] - metrics["iou"])
+    assert f"{abs(d):.2f} IoU points {'above' if d > 0 else 'below'} `sgem_unet`" in " ".join(report.split())
 
 
 def test_cpu_model_card_rows_come_from_their_evaluations():
