@@ -337,15 +337,20 @@ class DeviceData:
         self._lists = (imgs, msks)
         self._stack: tuple[tuple[int, float], torch.Tensor, torch.Tensor] | None = None
         self._hw = (0, 0)
-        # every target pixel, image by image: (row, col) of image i's pixels are
-        # fg_yx[fg_start[i] : fg_start[i] + fg_count[i]] (for crops placed over a target)
-        coords = [torch.nonzero(m[0] > 0) for m in msks]
-        self.fg_count = torch.tensor([len(c) for c in coords], dtype=torch.long, device=device)
-        self.fg_start = torch.cumsum(self.fg_count, 0) - self.fg_count
-        self.fg_yx = (torch.cat(coords) if coords else torch.zeros((0, 2), dtype=torch.long, device=device)).to(device)
+        self._targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
+
+    def targets(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every target pixel, image by image: image i's (row, col) pairs are
+        ``yx[start[i] : start[i] + count[i]]``. Built on first use (crops placed over a
+        target); returns (yx, start, count)."""
+        if self._targets is None:
+            coords = [torch.nonzero(m[0] > 0) for m in self._lists[1]]
+            count = torch.tensor([len(c) for c in coords], dtype=torch.long, device=self.device)
+            self._targets = (torch.cat(coords), torch.cumsum(count, 0) - count, count)
+        return self._targets
 
     def full_images(self) -> list[torch.Tensor]:
         """Every image at its own size, (1, H, W) on the device."""
@@ -393,10 +398,12 @@ class DeviceData:
         ox = r[:, 1] % (hw[:, 1] - crop + 1)
         if crop_targets > 0:
             q = torch.randint(0, 2**31 - 1, (len(idx), 4), generator=gen).to(self.device, non_blocking=True)
-            count = self.fg_count[sel]
+            yx, start, count = self.targets()
+            count = count[sel]
             use = (q[:, 0].double() < crop_targets * (2**31 - 1)) & (count > 0)
-            k = self.fg_start[sel] + q[:, 1] % count.clamp(min=1)
-            t = self.fg_yx[k.clamp(max=max(len(self.fg_yx) - 1, 0))] if len(self.fg_yx) else torch.zeros_like(hw)
+            # an image without targets points at pixel 0 (any valid index): its crop is not used
+            k = torch.where(count > 0, start[sel] + q[:, 1] % count.clamp(min=1), 0)
+            t = yx[k] if len(yx) else torch.zeros_like(hw)
             lo = (t - crop + 1).clamp(min=0)                    # offsets that keep pixel t in the crop
             hi = torch.minimum(t, hw - crop)
             tgt = lo + q[:, 2:4] % (hi - lo + 1)

@@ -2,10 +2,11 @@
 
     python reports/cpu_pilots/train_speed.py        # prints one JSON line per setting
 
-Forward + SoftIoU + backward + Adam step on random data, bf16 autocast + channels_last,
-2 threads, 3 warm-up steps then 12 timed steps; images/s = 12 * batch / seconds. Run
-with nothing else on the machine (the figures in docs/training.md: the training runs in
-the background were paused for it).
+One training step as `sgem train` runs it (`sgem.train.StepRunner`: bf16 autocast
+forward, SoftIoU, backward, Adam) on random data in channels_last, 2 threads, 3 warm-up
+steps then 12 timed steps; images/s = 12 * batch / seconds. Run with nothing else on the
+machine (the figures in docs/training.md: the training runs in the background were
+paused for it).
 """
 import json
 import time
@@ -14,32 +15,25 @@ import torch
 
 from sgem.losses import SoftIoULoss
 from sgem.models import create_model
+from sgem.train import StepRunner
 
 
 def run(crop: int, bs: int, compile_: bool, steps: int = 12, warm: int = 3, model: str = "sgem_unet") -> dict:
     torch.manual_seed(0)
     m = create_model(model).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
-    crit = SoftIoULoss()
-    net = torch.compile(m) if compile_ else m
+    step = StepRunner(torch.compile(m) if compile_ else m, m, SoftIoULoss(), opt, device=torch.device("cpu"),
+                      autocast_dtype=torch.bfloat16, cuda_graph=False)
     x = torch.randn(bs, 1, crop, crop).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(bs, 1, crop, crop) > 0.99).float()
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = net(x)
-        loss = crit(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
+    acc = torch.zeros(())
     t0 = time.perf_counter()
     for _ in range(warm):
-        step()
+        step(x, y, acc)
     warm_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(steps):
-        step()
+        step(x, y, acc)
     return {"model": model, "crop": crop, "batch": bs, "compile": compile_,
             "images_per_s": round(steps * bs / (time.perf_counter() - t0), 2), "warmup_s": round(warm_s, 1)}
 
