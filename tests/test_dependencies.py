@@ -39,7 +39,8 @@ def third_party_imports() -> set[str]:
     from sgem._optional import KNOWN   # imported by name where a command needs them
 
     names |= set(KNOWN)
-    local = {p.stem for p in (REPO / "tests").glob("*.py")}   # conftest and the test modules themselves
+    # conftest, the test modules themselves and the tools' scripts (one imports another)
+    local = {p.stem for folder in ("tests", "tools") for p in (REPO / folder).glob("*.py")}
     return {n for n in names if n not in sys.stdlib_module_names and n not in {"sgem", "__future__"} | local}
 
 

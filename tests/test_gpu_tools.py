@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,58 @@ def test_collect_returns_at_most_eight_files_and_only_the_final_weights(tmp_path
 def test_gpu_run_explains_bad_commands(args):
     r = subprocess.run(["bash", "tools/gpu_run.sh", *args], cwd=REPO, capture_output=True, text=True)
     assert r.returncode != 0 and ("usage" in r.stderr or "unknown command" in r.stderr)
+
+
+def test_collect_returns_the_named_models_weights(tmp_path):
+    """MODEL=unet (the ablation): its parts and manifests come back, not sgem_unet's names."""
+    run, out = tmp_path / "run", tmp_path / "out"
+    (run / "final").mkdir(parents=True)
+    out.mkdir()
+    (run / "job.log").write_text("log\n")
+    for name, n in (("unet_fp16.pt", 2), ("unet_fp32.pt", 3)):
+        for i in range(n):
+            (run / "final" / f"{name}.part{i:02d}").write_bytes(b"x")
+        (run / "final" / f"{name}.parts.json").write_text("{}")
+    (run / "DONE").touch()
+    env = {**os.environ, "OUT": str(out), "MODEL": "unet"}
+    subprocess.run(["bash", "tools/gpu_run.sh", "collect", str(run), "5"], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    files = sorted(p.name for p in out.iterdir())
+    assert sum(f.startswith("unet_fp") for f in files) == 5, files
+    listing = subprocess.run(["tar", "-tzf", str(out / "results.tar.gz")], capture_output=True, text=True).stdout
+    assert "final/unet_fp32.pt.parts.json" in listing and "final/unet_fp16.pt.parts.json" in listing
+
+
+def _profile_module():
+    spec = importlib.util.spec_from_file_location("gpu_profile", REPO / "tools" / "gpu_profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("kernel, group", [
+    # kernel names as torch 2.11 + cuDNN 9.19 showed them on an H200 (reports/nudt_gpu_522ep/profile_step.json)
+    ("void at::native::(anonymous namespace)::upsample_bilinear2d_nhwc_out_frame<float, float>(float)", "upsampling"),
+    ("void at::native::batch_norm_collect_statistics_channels_last_kernel<at::native::Var>", "normalisation"),
+    ("sm90_xmma_wgrad_indexed_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64", "conv backward (weights)"),
+    ("sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "conv backward (data)"),
+    ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc", "convolution / matmul"),
+    ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>", "element-wise"),
+])
+def test_profile_groups_kernels_by_what_they_do(kernel, group):
+    assert _profile_module()._group(kernel) == group
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
+    """The check's dry run on a CPU: every stage, the trainer's stop/resume on its tiny split included."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "sgem", "make-synthetic", str(data), "--n", "64", "--size", "64"], cwd=REPO,
+                   check=True, capture_output=True)
+    out = tmp_path / "check.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-u", "tools/gpu_check.py", str(data), str(out), "--device", "cpu", "--model", "unet",
+                        "--batch", "2", "--probe-steps", "7"], cwd=REPO, env=env, capture_output=True, text=True)
+    result = json.loads(out.read_text())
+    assert r.returncode == 0 and result["ok"], result.get("problems")
+    assert result["trainer"]["complete"] and result["trainer"]["second_call"] == 2

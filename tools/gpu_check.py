@@ -146,10 +146,13 @@ def main() -> int:
         from sgem.train import TrainConfig, export_weights, train
 
         with tempfile.TemporaryDirectory() as tmp:
-            split = Path(tmp) / "tiny.txt"
-            split.write_text("\n".join(stems[:40]) + "\n")  # 5 steps an epoch: warm-up, capture, replay
+            split, held = Path(tmp) / "tiny.txt", Path(tmp) / "tiny_eval.txt"
+            n = max(1, min(40, len(stems) - 8))  # 40 images: 5 steps an epoch at batch 8 (warm-up, capture, replay)
+            split.write_text("\n".join(stems[:n]) + "\n")
+            # evaluated on 8 other training images: the trainer refuses a split that overlaps its training set
+            held.write_text("\n".join(stems[n:n + 8]) + "\n")
             cfg = dict(data_root=args.data, out_dir=f"{tmp}/run", model=args.model, epochs=2, batch_size=args.batch,
-                       train_split_file=str(split), eval_split_file=str(split), device=str(dev), precision="bf16",
+                       train_split_file=str(split), eval_split_file=str(held), device=str(dev), precision="bf16",
                        channels_last=True, cuda_graph=graph_ok, progress=False, dvclive=False,
                        on_config_change="error")
             s1 = train(TrainConfig(**cfg), stop_after_epochs=1, log=_say)

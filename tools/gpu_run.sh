@@ -18,12 +18,17 @@
 #       manifests) and the weights in parts of at most 15 MiB (`sgem join` rebuilds them).
 #   tools/gpu_run.sh job ...   (internal: what `start` runs detached)
 #
+# Environment: MODEL (default sgem_unet; `unet` for the ablation), EPOCHS (a fixed number
+# of epochs instead of the plan's, e.g. to match an earlier run's schedule exactly; the
+# trainer then gets no hard stop), BENCH=0 (skip the speed bench).
+#
 # Without $OUT (a GPU box of your own) the results stay in RUN/final.
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}  # cpu only to dry-run this script
 BENCH_MODES=${BENCH_MODES:-fp32 fp32+cl bf16 bf16+cl fp32+graph bf16+cl+graph}
+export MODEL=${MODEL:-sgem_unet}
 
 say() { echo "[gpu_run $(date +%H:%M:%S)] $*"; }
 
@@ -33,14 +38,14 @@ copy_out() {  # copy what exists to $OUT (never fails the command)
     cp -f "$run/job.log" "$OUT/" 2>/dev/null
     local files=()
     for f in check.json check.log train/history.json train/train_summary.json final/bench_cuda.json \
-             final/bench_cuda.md final/sgem_unet_fp16.pt.parts.json final/sgem_unet_fp32.pt.parts.json \
+             final/bench_cuda.md final/${MODEL}_fp16.pt.parts.json final/${MODEL}_fp32.pt.parts.json \
              final/nvidia-smi.txt final/plan.json; do
         [ -f "$run/$f" ] && files+=("$f")
     done
     [ ${#files[@]} -gt 0 ] && tar -czf "$OUT/results.tar.gz" -C "$run" "${files[@]}"
     # the final weights only (at most 5 parts): with job.log and results.tar.gz, 7 files,
     # under a limit of 8 files per command (the insurance copy is `start`'s alone)
-    for p in "$run"/final/sgem_unet_*.part??; do [ -f "$p" ] && cp -f "$p" "$OUT/"; done
+    for p in "$run"/final/"$MODEL"_*.part??; do [ -f "$p" ] && cp -f "$p" "$OUT/"; done
     return 0
 }
 
@@ -53,13 +58,15 @@ start)
     mkdir -p "$run/final"
     nvidia-smi > "$run/final/nvidia-smi.txt" 2>&1
     say "smoke check and throughput probe"
-    $PY -u tools/gpu_check.py "$data" "$run/check.json" --device "$DEVICE" --probe-steps "${PROBE_STEPS:-40}" 2>&1 | tee "$run/check.log"
+    $PY -u tools/gpu_check.py "$data" "$run/check.json" --model "$MODEL" --device "$DEVICE" --probe-steps "${PROBE_STEPS:-40}" 2>&1 | tee "$run/check.log"
     [ -f "$run/check.json" ] || { say "check wrote nothing: stopping"; copy_out "$run"; exit 1; }
     plan=$($PY tools/gpu_plan.py "$run/check.json" "$deadline" "$(( $(date +%s) - t0 ))")
     read -r epochs minutes graph bench <<< "$plan"
     if [ "$epochs" = FAIL ]; then say "the check measured no usable step: stopping"; copy_out "$run"; exit 1; fi
+    if [ -n "${EPOCHS:-}" ]; then epochs=$EPOCHS; minutes=0; fi
+    [ "${BENCH:-1}" = 0 ] && bench=0
     echo "{\"epochs\": $epochs, \"stop_after_minutes\": $minutes, \"cuda_graph\": $graph, \"bench\": $bench," \
-         "\"deadline_s\": $deadline}" > "$run/final/plan.json"
+         "\"deadline_s\": $deadline, \"model\": \"$MODEL\", \"epochs_fixed\": ${EPOCHS:-null}}" > "$run/final/plan.json"
     say "plan: $(cat "$run/final/plan.json")"
     setsid nohup bash tools/gpu_run.sh job "$data" "$run" "$epochs" "$minutes" "$graph" "$bench" \
         > "$run/job.log" 2>&1 < /dev/null &
@@ -89,11 +96,11 @@ job)
     gflag=--no-cuda-graph; [ "$graph" = 1 ] && gflag=--cuda-graph
     say "train: $epochs epochs, $gflag ${stop[*]}"
     $PY -m sgem train --params params.yaml --params-key train --data "$data" --out "$run/train" \
-        --epochs "$epochs" $gflag --no-progress --no-dvclive --device "$DEVICE" "${stop[@]}"
+        --model "$MODEL" --epochs "$epochs" $gflag --no-progress --no-dvclive --device "$DEVICE" "${stop[@]}"
     say "train exited with $?"
     for prec in fp16 fp32; do
         extra=(); [ $prec = fp32 ] && extra=(--fp32)
-        $PY -m sgem export --checkpoint "$run/train/checkpoint.pt" --out "$run/final/sgem_unet_$prec.pt" \
+        $PY -m sgem export --checkpoint "$run/train/checkpoint.pt" --out "$run/final/${MODEL}_$prec.pt" \
             --part-mb 15 "${extra[@]}"
     done
     if [ "$bench" = 1 ]; then

@@ -1,0 +1,141 @@
+"""Where a training step's GPU time goes, for several models in one process (docs/gpu.md).
+
+    PYTHONPATH=. python3 -u tools/gpu_profile.py DATA_ROOT OUT_JSON [--models sgem_unet unet]
+
+For each model, on the training split's own batches (batch 8, 256x256, bf16 autocast +
+channels_last, as the paper-scale run trains): the step's throughput eager and as a CUDA
+graph (``tools/gpu_check.py``'s probe, median over timed steps), then ``torch.profiler``
+over 5 eager steps after warm-up: GPU time per step and the kernels that take it, grouped
+(convolution forward/backward, normalisation, upsampling, element-wise, optimizer, other).
+The models are profiled one after another in one process on one device, so their ratios
+are comparable; absolute figures depend on the card and the software stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_check import _say, _steps  # noqa: E402
+
+GROUPS = [  # first match wins; names as cuDNN / PyTorch kernels show them
+    ("conv backward (weights)", ("wgrad", "dgrad_engine", "convolution_backward_weight", "wgrad")),
+    ("conv backward (data)", ("dgrad",)),
+    ("upsampling", ("upsample", "bilinear", "interp")),
+    ("normalisation", ("batch_norm", "batchnorm", "bn_", "welford", "norm")),
+    ("convolution / matmul", ("conv", "gemm", "xmma", "cutlass", "sm90", "implicit", "fprop", "nhwc")),
+    ("optimizer", ("adam", "multi_tensor", "foreach")),
+    ("reduction", ("reduce",)),
+    ("element-wise", ("elementwise", "vectorized", "unrolled", "copy", "relu", "sigmoid", "add", "mul", "fill")),
+]
+
+
+def _group(name: str) -> str:
+    low = name.lower()
+    for group, keys in GROUPS:
+        if any(k in low for k in keys):
+            return group
+    return "other"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("data")
+    ap.add_argument("out")
+    ap.add_argument("--models", nargs="+", default=["sgem_unet", "unet"])
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--probe-steps", type=int, default=40)
+    ap.add_argument("--device", default="cuda")
+    args = ap.parse_args()
+    from sgem.data import image_stats, load_split
+    from sgem.profiling import environment_info
+    from sgem.train import DeviceData
+
+    dev = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    result: dict = {"environment": environment_info(dev), "batch": args.batch, "models": {}}
+    _, images, masks = load_split(args.data, "train")
+    mean, std = image_stats(images)
+    data = DeviceData(images, masks, dev)
+    graph_ok = dev.type == "cuda"
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if graph_ok else [])
+    for name in args.models:
+        entry: dict = {"throughput": {}}
+        kw = dict(batch=args.batch, n=args.probe_steps, precision="bf16", channels_last=True, mean=mean, std=std)
+        for label, graph in (("bf16+cl eager", False), ("bf16+cl graph", True)):
+            if graph and not graph_ok:
+                continue
+            _, times, _ = _steps(data, name, cuda_graph=graph, **kw)
+            med = statistics.median(times)
+            entry["throughput"][label] = {"step_ms_median": med * 1e3, "images_per_s": args.batch / med}
+            _say(f"{name} {label}: {med * 1e3:.2f} ms/step, {args.batch / med:.0f} images/s")
+        # the profile: 10 warm-up steps then 5 profiled (a fresh runner, eager)
+        with torch.profiler.profile(activities=acts, schedule=torch.profiler.schedule(wait=0, warmup=10, active=5,
+                                                                              repeat=1)) as prof:
+            def step_hook() -> None:
+                prof.step()
+            _steps_profiled(data, name, step_hook, batch=args.batch, mean=mean, std=std)
+        kernels: dict = defaultdict(lambda: [0.0, 0])
+        for ev in prof.key_averages():
+            if graph_ok:  # GPU kernels
+                t = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
+                t = t if ev.device_type == torch.autograd.DeviceType.CUDA else 0
+            else:  # a CPU dry run: the operators' own CPU time
+                t = ev.self_cpu_time_total if ev.key.startswith("aten::") else 0
+            # annotations on the GPU timeline (the profiler's step, the optimizer's step) span kernels
+            # that are counted on their own: leaving them in would count that time twice
+            if t and not ev.key.startswith(("ProfilerStep", "Optimizer.")):
+                kernels[ev.key][0] += t / 5.0  # us per step
+                kernels[ev.key][1] += ev.count // 5
+        total = sum(v[0] for v in kernels.values())
+        groups: dict = defaultdict(float)
+        for k, (t, _) in kernels.items():
+            groups[_group(k)] += t
+        top = sorted(kernels.items(), key=lambda kv: -kv[1][0])
+        entry["gpu_us_per_step"] = total
+        entry["kernels_per_step"] = sum(v[1] for v in kernels.values())
+        entry["groups_us_per_step"] = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
+        entry["top_kernels"] = [{"name": k[:160], "us_per_step": t, "calls_per_step": c} for k, (t, c) in top]
+        result["models"][name] = entry
+        _say(f"{name}: {'GPU' if graph_ok else 'CPU'} {total / 1e3:.2f} ms/step in {entry['kernels_per_step']} kernels; "
+             + ", ".join(f"{g} {t / 1e3:.2f}" for g, t in entry["groups_us_per_step"].items()))
+        for k, (t, c) in top[:6]:
+            _say(f"   {t / 1e3:6.2f} ms  x{c:<4d} {k[:110]}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def _steps_profiled(data, name, hook, *, batch, mean, std) -> None:
+    """15 eager bf16 + channels_last steps, calling ``hook`` after each (the profiler's schedule)."""
+    from sgem.losses import SoftIoULoss
+    from sgem.models import create_model
+    from sgem.train import StepRunner, TrainConfig, build_optimizer, epoch_generator
+
+    dev = data.device
+    torch.manual_seed(0)
+    model = create_model(name).to(dev).to(memory_format=torch.channels_last).train()
+    opt = build_optimizer(TrainConfig(data_root="x", batch_size=batch), model.parameters(), fused=dev.type == "cuda")
+    runner = StepRunner(model, model, SoftIoULoss(), opt, device=dev, autocast_dtype=torch.bfloat16,
+                        cuda_graph=False, log=_say)
+    gen = epoch_generator(0, 0)
+    for s in range(15):
+        idx = [(s * batch + i) % len(data) for i in range(batch)]
+        x, y = data.batch(idx, 256, gen, "flip", pad_value=mean)
+        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+        runner(x, y, torch.zeros((), device=dev))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        hook()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
