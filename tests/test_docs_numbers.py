@@ -34,6 +34,18 @@ def test_readme_accuracy_row_of_the_gpu_run():
     _check(_row(README, "522 epochs"), m)
 
 
+def test_readme_and_report_quote_the_gpu_ablation():
+    m = json.loads((GPU / "unet" / "metrics.json").read_text())
+    s = json.loads((GPU / "metrics.json").read_text())
+    _check(_row(README, "`unet` (the ablation) under the same 522-epoch"), m)
+    gain = f"{100 * (s['iou'] - m['iou']):.2f} IoU points"
+    assert gain in " ".join(README.split())
+    report = (GPU / "README.md").read_text()
+    assert gain in " ".join(report.split())
+    _check(_row(report, "| `unet` (`unet/metrics.json`)"), m)
+    _check(_row(report, "| `sgem_unet` (`metrics.json`)"), s)
+
+
 def test_model_card_rows_come_from_their_evaluations():
     card = (REPO / "sgem" / "weights" / "MODEL_CARD.md").read_text()
     for marker, source in (("fp32 training weights, fp32 on a CPU", "metrics.json"),

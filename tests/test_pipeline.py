@@ -174,3 +174,20 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
     table = (clone / "reports" / "cpu" / "figures" / "table1.md").read_text()
     unet_row = next(line for line in table.splitlines() if line.startswith("| unet (this run's ablation, 1 seed(s))"))
     assert f"{100 * abl['models']['unet']['mean']['iou']:.2f}" in unet_row
+
+
+def test_runs_comparison_draws_each_run_and_its_last_test_metrics(tmp_path):
+    from sgem import plots
+
+    def hist(loss0, iou):
+        rows = [{"epoch": e, "train/loss": loss0 / e} for e in range(1, 6)]
+        rows[-1].update({"test/iou": iou, "test/niou": iou, "test/f1": iou, "test/pd": 0.99})
+        return rows
+
+    fig = plots.runs_comparison({"a": hist(1.0, 0.9), "b": hist(0.8, 0.7), "c": hist(0.5, 0.5)}, "t")
+    loss_ax, bar_ax = fig.axes
+    assert [ln.get_label() for ln in loss_ax.get_lines()] == ["a", "b", "c"]
+    heights = sorted(round(p.get_height(), 6) for p in bar_ax.patches)
+    assert len(heights) == 12 and heights[0] == 50.0 and heights[-1] == 99.0
+    plots.save(fig, tmp_path / "cmp.png")
+    assert (tmp_path / "cmp.png").stat().st_size > 0
