@@ -54,14 +54,20 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--probe-steps", type=int, default=40)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--upsample-bf16", action="store_true",
+                    help="an experiment, not the paper's model: bilinear upsampling in bf16 (autocast runs it "
+                         "in fp32) by patching torch.nn.functional.interpolate for this process")
     args = ap.parse_args()
+    if args.upsample_bf16:
+        _patch_interpolate_bf16()
     from sgem.data import image_stats, load_split
     from sgem.profiling import environment_info
     from sgem.train import DeviceData
 
     dev = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
-    result: dict = {"environment": environment_info(dev), "batch": args.batch, "models": {}}
+    result: dict = {"environment": environment_info(dev), "batch": args.batch, "models": {},
+                    "upsample_bf16": args.upsample_bf16}
     _, images, masks = load_split(args.data, "train")
     mean, std = image_stats(images)
     data = DeviceData(images, masks, dev)
@@ -112,6 +118,21 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _patch_interpolate_bf16() -> None:
+    """Under autocast, run F.interpolate on bf16 tensors in bf16 instead of autocast's fp32."""
+    import torch.nn.functional as F
+
+    orig = F.interpolate
+
+    def interpolate(x, *a, **kw):
+        if torch.is_autocast_enabled(x.device.type) and x.is_floating_point():
+            with torch.autocast(x.device.type, enabled=False):
+                return orig(x.to(torch.bfloat16), *a, **kw)
+        return orig(x, *a, **kw)
+
+    F.interpolate = interpolate
 
 
 def _steps_profiled(data, name, hook, *, batch, mean, std) -> None:
