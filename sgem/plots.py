@@ -176,17 +176,24 @@ def fps_vs_iou(rows: Sequence[dict[str, Any]], title: str) -> plt.Figure:
     styles = [("o", "none", "tab:blue"), ("s", "tab:red", "tab:red"), ("D", "none", "tab:red"),
               ("^", "tab:green", "tab:green")]
     groups = list(dict.fromkeys(r["group"] for r in rows))
+    placed: list[tuple[float, float]] = []
     for group, (marker, face, edge) in zip(groups, styles * (len(groups) // len(styles) + 1)):
         pts = [r for r in rows if r["group"] == group and r.get("iou") is not None and r.get("fps")]
         if not pts:
             continue
         ax.scatter([r["fps"] for r in pts], [r["iou"] for r in pts], marker=marker, s=60, facecolors=face,
                    edgecolors=edge, label=group)
-        for r in pts:
-            ax.annotate(r["model"], (r["fps"], r["iou"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for r in sorted(pts, key=lambda r: -r["fps"]):
+            # labels are placed right to left; one beside a point already labelled nearby (within
+            # 0.2 decades and 1.5 IoU points) goes below-left of its point, so the two stay readable
+            near = any(abs(np.log10(r["fps"] / f)) < 0.2 and abs(r["iou"] - i) < 1.5 for f, i in placed)
+            ax.annotate(r["model"], (r["fps"], r["iou"]), textcoords="offset points",
+                        xytext=(-5, -12) if near else (5, 4), ha="right" if near else "left", fontsize=8)
+            placed.append((r["fps"], r["iou"]))
     ax.set_xscale("log")
     ax.set(xlabel="frames per second (log scale)", ylabel="IoU (x100)", title=title)
-    ax.legend(fontsize=8, loc="lower right")
+    # below the axes: inside, it can hide a point
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
     fig.tight_layout()
     return fig
 

@@ -162,10 +162,14 @@ def ablation_markdown(report: dict[str, Any]) -> str:
         lines.append("One seed per model (at least for one of them): the seed-to-seed spread is not measured, so "
                      "this difference cannot be told apart from the variation between seeds of one model.")
     else:
-        diffs = [abs(100 * report["models"][n]["iou_minus_first"]) for n in names[1:]]
+        n = min(len(report["models"][m]["runs"]) for m in names)
+        diffs = [abs(100 * report["models"][m]["iou_minus_first"]) for m in names[1:]]
         verdict = ("larger than" if diffs and min(diffs) > spread else "not larger than")
-        lines.append(f"Largest seed-to-seed range of IoU within one model: {spread:.2f} points. The difference "
-                     f"between the models' means is {verdict} that range.")
+        quoted = ", ".join(f"{d:.2f}" for d in diffs)
+        lines.append(f"Largest seed-to-seed range of IoU within one model: {spread:.2f} points, over {n} seeds per "
+                     f"model. The difference between the models' means ({quoted} points) is {verdict} that "
+                     f"range" + (f"; with {n} seeds per model this is an indication, not a statistical test."
+                                 if n < 5 else "."))
     return "\n".join(lines) + "\n"
 
 

@@ -168,11 +168,14 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
     assert [r["train/crop"] for r in history] == [32, 32, 64]
     # the ablation: unet under the same protocol and seed, beside sgem_unet, in the ablation table and Table 1
     abl = json.loads((clone / "reports" / "cpu" / "train" / "ablation.json").read_text())
-    assert abl["order"] == ["sgem_unet", "unet"] and abl["models"]["unet"]["seeds"] == [tiny["train"]["seed"]]
+    seeds = cpu["ablation"]["seeds"] or [tiny["train"]["seed"]]   # the profile's seeds ([]: train's own)
+    assert abl["order"] == ["sgem_unet", "unet"] and abl["models"]["unet"]["seeds"] == seeds
+    assert abl["models"]["sgem_unet"]["seeds"] == seeds
     assert abl["models"]["sgem_unet"]["runs"][0]["run"] == "runs/cpu"
     assert abl["models"]["unet"]["runs"][0]["epochs"] == 3
     table = (clone / "reports" / "cpu" / "figures" / "table1.md").read_text()
-    unet_row = next(line for line in table.splitlines() if line.startswith("| unet (this run's ablation, 1 seed(s))"))
+    label = f"| unet (this run's ablation, {len(seeds)} seed(s))"
+    unet_row = next(line for line in table.splitlines() if line.startswith(label))
     assert f"{100 * abl['models']['unet']['mean']['iou']:.2f}" in unet_row
 
 

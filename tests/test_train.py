@@ -437,7 +437,8 @@ def test_ablation_puts_models_and_seeds_side_by_side(tiny_data, tmp_path, capsys
     first = report["models"]["sgem_unet"]
     assert first["mean"]["iou"] == pytest.approx(sum(r["iou"] for r in first["runs"]) / 2)
     md = (tmp_path / "abl.md").read_text()
-    assert "| unet | 1, 2 |" in md and "seed-to-seed range" in md
+    assert "| unet | 1, 2 |" in md and "seed-to-seed range" in md and "over 2 seeds per model" in md
+    assert "an indication, not a statistical test" in md
     assert main(["ablation", runs[0], runs[2], "--out", str(tmp_path / "one")]) == 0   # one seed each
     assert "spread is not measured" in (tmp_path / "one.md").read_text()
     with pytest.raises(ValueError, match="not a complete run"):
