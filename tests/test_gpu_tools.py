@@ -115,3 +115,22 @@ def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert r.returncode == 0 and result["ok"], result.get("problems")
     assert result["trainer"]["complete"] and result["trainer"]["second_call"] == 2
+
+
+def test_job_trains_the_named_model_and_seed_and_exports_it_in_parts(tmp_path):
+    """The detached job (what `start` launches), dry-run on a CPU: MODEL, SEED and the epochs
+    reach the trainer, and the weights come out in parts under the model's name."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "sgem", "make-synthetic", str(data), "--n", "16", "--size", "64"],
+                   cwd=REPO, check=True, capture_output=True)
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "MODEL": "unet", "SEED": "3"}
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "job", str(data), str(run), "1", "0", "0", "0"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and (run / "DONE").exists(), r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((run / "train" / "train_summary.json").read_text())
+    assert summary["complete"] and summary["epochs"] == 1
+    from sgem.checkpoint import load_checkpoint
+    cfg = load_checkpoint(run / "train" / "checkpoint.pt")["config"]
+    assert (cfg["model"], cfg["seed"]) == ("unet", 3)
+    for prec in ("fp16", "fp32"):
+        assert (run / "final" / f"unet_{prec}.pt.parts.json").exists()
