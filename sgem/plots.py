@@ -95,6 +95,7 @@ def runs_comparison(runs: dict[str, Sequence[dict[str, Any]]], title: str,
     each run's last-epoch test metrics (the last history row holding ``test/<metric>``)."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [3, 2]})
     width = 0.8 / max(1, len(runs))
+    shown: list[float] = []
     for i, (name, history) in enumerate(runs.items()):
         a.plot([r["epoch"] for r in history], [r["train/loss"] for r in history], label=name, linewidth=1)
         last = next((r for r in reversed(history) if f"test/{metrics[0]}" in r), None)
@@ -102,6 +103,7 @@ def runs_comparison(runs: dict[str, Sequence[dict[str, Any]]], title: str,
             continue
         xs = np.arange(len(metrics)) + (i - (len(runs) - 1) / 2) * width
         vals = [100 * last[f"test/{m}"] for m in metrics]
+        shown += vals
         bars = b.bar(xs, vals, width, label=f"{name}: epoch {last['epoch']}")
         b.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
     a.set_yscale("log")
@@ -109,8 +111,7 @@ def runs_comparison(runs: dict[str, Sequence[dict[str, Any]]], title: str,
     a.legend()
     names = {"iou": "IoU", "niou": "nIoU", "f1": "F1", "pd": "Pd", "precision": "precision", "recall": "recall"}
     b.set_xticks(np.arange(len(metrics)), [names.get(m, m) for m in metrics])
-    lows = [100 * r[f"test/{m}"] for h in runs.values() for r in h[-1:] for m in metrics if f"test/{m}" in r]
-    b.set(ylabel="%", title="test split, last epoch", ylim=(max(0, min(lows, default=0) - 10), 101))
+    b.set(ylabel="%", title="test split, last epoch", ylim=(max(0, min(shown, default=0) - 10), 101))
     b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=max(1, len(runs)))
     fig.suptitle(title)
     fig.tight_layout()

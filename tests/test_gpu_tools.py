@@ -14,15 +14,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _plan_module():
-    spec = importlib.util.spec_from_file_location("gpu_plan", REPO / "tools" / "gpu_plan.py")
+def _tool(name: str):
+    """A script of tools/ as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_plan_keeps_1500_epochs_when_they_fit_and_shortens_the_schedule_when_not():
-    plan = _plan_module().plan
+    plan = _tool("gpu_plan").plan
     fast = {"images_per_s": 5000.0, "train_images": 663, "cuda_graph": True}
     assert plan(fast, 0, 30) == (1500, 0.0, 1, 1)                  # no deadline: the paper's run
     epochs, minutes, graph, bench = plan(fast, 720, 50)
@@ -82,13 +83,6 @@ def test_collect_returns_the_named_models_weights(tmp_path):
     assert "final/unet_fp32.pt.parts.json" in listing and "final/unet_fp16.pt.parts.json" in listing
 
 
-def _profile_module():
-    spec = importlib.util.spec_from_file_location("gpu_profile", REPO / "tools" / "gpu_profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.mark.parametrize("kernel, group", [
     # kernel names as torch 2.11 + cuDNN 9.19 showed them on an H200 (reports/nudt_gpu_522ep/profile_step.json)
     ("void at::native::(anonymous namespace)::upsample_bilinear2d_nhwc_out_frame<float, float>(float)", "upsampling"),
@@ -99,7 +93,7 @@ def _profile_module():
     ("void at::native::unrolled_elementwise_kernel<at::native::direct_copy_kernel_cuda>", "element-wise"),
 ])
 def test_profile_groups_kernels_by_what_they_do(kernel, group):
-    assert _profile_module()._group(kernel) == group
+    assert _tool("gpu_profile")._group(kernel) == group
 
 
 @pytest.mark.slow

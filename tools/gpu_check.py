@@ -44,8 +44,9 @@ def _sync(dev: torch.device) -> None:
 
 
 def _steps(data, model_name: str, *, batch: int, n: int, precision: str, channels_last: bool, cuda_graph: bool,
-           mean: float, std: float, seed: int = 0, timed_from: int = 5):
-    """Train ``n`` steps from seeded weights; return (losses, per-step seconds, runner)."""
+           mean: float, std: float, seed: int = 0, timed_from: int = 5, after_step=None):
+    """Train ``n`` steps from seeded weights; return (losses, per-step seconds, runner).
+    ``after_step`` (optional) is called after each synchronised step (a profiler's schedule)."""
     from sgem.losses import SoftIoULoss
     from sgem.models import create_model
     from sgem.train import StepRunner, TrainConfig, build_optimizer, epoch_generator
@@ -76,6 +77,8 @@ def _steps(data, model_name: str, *, batch: int, n: int, precision: str, channel
         _sync(dev)
         times.append(time.perf_counter() - t0)
         losses.append(float(acc))
+        if after_step is not None:
+            after_step()
     return losses, times[timed_from:], runner
 
 

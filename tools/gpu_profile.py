@@ -17,7 +17,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import _say, _steps  # noqa: E402
 
 GROUPS = [  # first match wins; names as cuDNN / PyTorch kernels show them
-    ("conv backward (weights)", ("wgrad", "dgrad_engine", "convolution_backward_weight", "wgrad")),
+    ("conv backward (weights)", ("wgrad", "convolution_backward_weight")),
     ("conv backward (data)", ("dgrad",)),
     ("upsampling", ("upsample", "bilinear", "interp")),
     ("normalisation", ("batch_norm", "batchnorm", "bn_", "welford", "norm")),
@@ -71,27 +70,26 @@ def main() -> int:
     _, images, masks = load_split(args.data, "train")
     mean, std = image_stats(images)
     data = DeviceData(images, masks, dev)
-    graph_ok = dev.type == "cuda"
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if graph_ok else [])
+    on_gpu = dev.type == "cuda"
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
     for name in args.models:
         entry: dict = {"throughput": {}}
         kw = dict(batch=args.batch, n=args.probe_steps, precision="bf16", channels_last=True, mean=mean, std=std)
         for label, graph in (("bf16+cl eager", False), ("bf16+cl graph", True)):
-            if graph and not graph_ok:
+            if graph and not on_gpu:
                 continue
             _, times, _ = _steps(data, name, cuda_graph=graph, **kw)
             med = statistics.median(times)
             entry["throughput"][label] = {"step_ms_median": med * 1e3, "images_per_s": args.batch / med}
             _say(f"{name} {label}: {med * 1e3:.2f} ms/step, {args.batch / med:.0f} images/s")
-        # the profile: 10 warm-up steps then 5 profiled (a fresh runner, eager)
+        # the profile: 10 warm-up steps then 5 profiled (a fresh model and runner, eager)
         with torch.profiler.profile(activities=acts, schedule=torch.profiler.schedule(wait=0, warmup=10, active=5,
                                                                               repeat=1)) as prof:
-            def step_hook() -> None:
-                prof.step()
-            _steps_profiled(data, name, step_hook, batch=args.batch, mean=mean, std=std)
+            _steps(data, name, batch=args.batch, n=15, precision="bf16", channels_last=True, cuda_graph=False,
+                   mean=mean, std=std, after_step=prof.step)
         kernels: dict = defaultdict(lambda: [0.0, 0])
         for ev in prof.key_averages():
-            if graph_ok:  # GPU kernels
+            if on_gpu:  # GPU kernels
                 t = getattr(ev, "self_device_time_total", None) or getattr(ev, "self_cuda_time_total", 0)
                 t = t if ev.device_type == torch.autograd.DeviceType.CUDA else 0
             else:  # a CPU dry run: the operators' own CPU time
@@ -111,7 +109,7 @@ def main() -> int:
         entry["groups_us_per_step"] = dict(sorted(groups.items(), key=lambda kv: -kv[1]))
         entry["top_kernels"] = [{"name": k[:160], "us_per_step": t, "calls_per_step": c} for k, (t, c) in top]
         result["models"][name] = entry
-        _say(f"{name}: {'GPU' if graph_ok else 'CPU'} {total / 1e3:.2f} ms/step in {entry['kernels_per_step']} kernels; "
+        _say(f"{name}: {'GPU' if on_gpu else 'CPU'} {total / 1e3:.2f} ms/step in {entry['kernels_per_step']} kernels; "
              + ", ".join(f"{g} {t / 1e3:.2f}" for g, t in entry["groups_us_per_step"].items()))
         for k, (t, c) in top[:6]:
             _say(f"   {t / 1e3:6.2f} ms  x{c:<4d} {k[:110]}")
@@ -133,29 +131,6 @@ def _patch_interpolate_bf16() -> None:
         return orig(x, *a, **kw)
 
     F.interpolate = interpolate
-
-
-def _steps_profiled(data, name, hook, *, batch, mean, std) -> None:
-    """15 eager bf16 + channels_last steps, calling ``hook`` after each (the profiler's schedule)."""
-    from sgem.losses import SoftIoULoss
-    from sgem.models import create_model
-    from sgem.train import StepRunner, TrainConfig, build_optimizer, epoch_generator
-
-    dev = data.device
-    torch.manual_seed(0)
-    model = create_model(name).to(dev).to(memory_format=torch.channels_last).train()
-    opt = build_optimizer(TrainConfig(data_root="x", batch_size=batch), model.parameters(), fused=dev.type == "cuda")
-    runner = StepRunner(model, model, SoftIoULoss(), opt, device=dev, autocast_dtype=torch.bfloat16,
-                        cuda_graph=False, log=_say)
-    gen = epoch_generator(0, 0)
-    for s in range(15):
-        idx = [(s * batch + i) % len(data) for i in range(batch)]
-        x, y = data.batch(idx, 256, gen, "flip", pad_value=mean)
-        x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-        runner(x, y, torch.zeros((), device=dev))
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        hook()
 
 
 if __name__ == "__main__":
