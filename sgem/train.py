@@ -83,6 +83,7 @@ class TrainConfig:
     final_crop_size: int = 0         # the last final_epochs epochs use this crop (0: crop_size throughout)
     final_epochs: int = 0
     crop_targets: float = 0.0        # probability that a crop is placed over a target pixel (0: uniform crops)
+    nonempty_batches: bool = False   # a batch whose crops hold no target pixel gets one crop moved over a target
     warmup_epochs: int = 0           # linear warm-up from lr/10 to lr, then the scheduler over the rest
     ema_decay: float = 0.0           # > 0: evaluate and export an exponential moving average of the weights
     bn_recalibrate: bool = False     # at the end: BatchNorm statistics recomputed on the full-size train images
@@ -377,7 +378,7 @@ class DeviceData:
         return self._stack[1], self._stack[2]
 
     def batch(self, idx: list[int], crop: int, gen: torch.Generator, augment: str, pad_value: float,
-              crop_targets: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+              crop_targets: float = 0.0, nonempty_batches: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Random crops (padded with ``pad_value`` where an image is smaller) and flips.
 
         Per sample, five integers are drawn from ``gen`` (crop row, crop column, then
@@ -389,8 +390,14 @@ class DeviceData:
         placed over one of its target pixels, drawn uniformly, at a uniform offset among
         those that keep that pixel inside the crop. With 0 nothing more is drawn, so runs
         without it are unchanged.
+
+        ``nonempty_batches``: then five more integers per sample (after all the above);
+        if no crop of the batch holds a target pixel, one sample whose image has targets
+        (drawn uniformly among them) is cropped again, placed over a target as above,
+        with its own flips; a batch that holds a target is left as drawn. Decided on the
+        device, without a host synchronisation.
         """
-        images, masks = self._stacked(crop, pad_value)
+        self._stacked(crop, pad_value)
         r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).to(self.device, non_blocking=True)
         sel = torch.as_tensor(idx, dtype=torch.long).to(self.device, non_blocking=True)
         hw = self.sizes[sel].clamp(min=crop)
@@ -398,22 +405,47 @@ class DeviceData:
         ox = r[:, 1] % (hw[:, 1] - crop + 1)
         if crop_targets > 0:
             q = torch.randint(0, 2**31 - 1, (len(idx), 4), generator=gen).to(self.device, non_blocking=True)
-            yx, start, count = self.targets()
-            count = count[sel]
-            use = (q[:, 0].double() < crop_targets * (2**31 - 1)) & (count > 0)
-            # an image without targets points at pixel 0 (any valid index): its crop is not used
-            k = torch.where(count > 0, start[sel] + q[:, 1] % count.clamp(min=1), 0)
-            t = yx[k] if len(yx) else torch.zeros_like(hw)
-            lo = (t - crop + 1).clamp(min=0)                    # offsets that keep pixel t in the crop
-            hi = torch.minimum(t, hw - crop)
-            tgt = lo + q[:, 2:4] % (hi - lo + 1)
-            oy = torch.where(use, tgt[:, 0], oy)
-            ox = torch.where(use, tgt[:, 1], ox)
-        a = torch.arange(crop, device=self.device)
+            use, ty, tx = self._over_target(sel, q, hw, crop, crop_targets)
+            oy = torch.where(use, ty, oy)
+            ox = torch.where(use, tx, ox)
         if augment == "flip":
             flip = (r[:, 2:5] % 2).bool()
         else:
             flip = torch.zeros((len(idx), 3), dtype=torch.bool, device=self.device)
+        x, y = self._gather(sel, oy, ox, flip, crop)
+        if nonempty_batches:
+            q = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).to(self.device, non_blocking=True)
+            has, ty, tx = self._over_target(sel, q[:, 1:], hw, crop, 1.0)
+            j = torch.argmax(torch.where(has, q[:, 0], -1))       # uniform among samples with targets
+            redo = (y.amax() == 0) & has[j]
+            xj, yj = self._gather(sel[j, None], ty[j, None], tx[j, None], flip[j, None], crop)
+            x[j] = torch.where(redo, xj[0], x[j])
+            y[j] = torch.where(redo, yj[0], y[j])
+        return x, y.float()
+
+    def _over_target(self, sel: torch.Tensor, q: torch.Tensor, hw: torch.Tensor, crop: int,
+                     p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Crop offsets over a target pixel from four integers per sample ``q``: whether
+        to use them (with probability ``p``, and only for images that have targets), and
+        the row and column offset (a target pixel drawn uniformly, then an offset drawn
+        uniformly among those that keep it inside the crop)."""
+        yx, start, count = self.targets()
+        count = count[sel]
+        use = (q[:, 0].double() < p * (2**31 - 1)) & (count > 0)
+        # an image without targets points at pixel 0 (any valid index): its crop is not used
+        k = torch.where(count > 0, start[sel] + q[:, 1] % count.clamp(min=1), 0)
+        t = yx[k] if len(yx) else torch.zeros_like(hw)
+        lo = (t - crop + 1).clamp(min=0)                    # offsets that keep pixel t in the crop
+        hi = torch.minimum(t, hw - crop)
+        tgt = lo + q[:, 2:4] % (hi - lo + 1)
+        return use, tgt[:, 0], tgt[:, 1]
+
+    def _gather(self, sel: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor,
+                crop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops at offsets (oy, ox) of images ``sel``, flipped as ``flip`` says
+        (horizontal, vertical, transpose): (B, 1, crop, crop) images and uint8 masks."""
+        images, masks = self._stack[1], self._stack[2]
+        a = torch.arange(crop, device=self.device)
         # patch[i, j] = image[rows[i], cols[j]]; a transpose swaps the roles of i and j
         rows = oy[:, None] + torch.where(flip[:, 1:2], crop - 1 - a, a)   # (B, crop)
         cols = ox[:, None] + torch.where(flip[:, 0:1], crop - 1 - a, a)
@@ -422,9 +454,7 @@ class DeviceData:
         cc = torch.where(t, cols[:, :, None], cols[:, None, :])
         H, W = self._hw
         flat = sel[:, None, None] * (H * W) + rr * W + cc
-        x = images[flat].unsqueeze(1)
-        y = masks[flat].unsqueeze(1)
-        return x, y.float()
+        return images[flat].unsqueeze(1), masks[flat].unsqueeze(1)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -817,7 +847,8 @@ class Trainer:
         crop = self.crop_for(epoch)
         for s in range(self.steps):
             idx = mine[s * self.bsz:(s + 1) * self.bsz]
-            x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean, crop_targets=cfg.crop_targets)
+            x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean, crop_targets=cfg.crop_targets,
+                              nonempty_batches=cfg.nonempty_batches)
             x = (x - self.norm_mean) / self.norm_std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -137,3 +137,34 @@ def test_crop_targets_outside_0_1_is_refused():
 
     with pytest.raises(ValueError, match=r"crop_targets=1.5; expected a probability in \[0, 1\]"):
         TrainConfig(data_root="x", crop_targets=1.5).validate()
+
+
+def test_nonempty_batches_moves_one_crop_of_an_empty_batch_over_a_target():
+    """nonempty_batches: every batch holds a target pixel when one of its images has one;
+    a batch whose uniform crops are all background gets exactly one crop replaced (the
+    others as drawn), and a batch that already holds a target is the one drawn without
+    the option (same generator state)."""
+    images, masks, _ = _one_target_each([(128, 128)] * 3 + [(64, 64)])   # the last has no target
+    data = DeviceData(images, masks, torch.device("cpu"))
+    moved = kept = 0
+    for seed in range(60):
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        x, y = data.batch([0, 1, 2, 3], 16, g1, "flip", pad_value=0.0, nonempty_batches=True)
+        x0, y0 = data.batch([0, 1, 2, 3], 16, g2, "flip", pad_value=0.0)
+        assert y.sum() >= 1
+        same = [bool(torch.equal(x[i], x0[i]) and torch.equal(y[i], y0[i])) for i in range(4)]
+        if y0.sum() == 0:
+            moved += 1
+            assert sum(same) == 3 and same[3] and y.sum() == 1   # one crop of an image with a target
+        else:
+            kept += 1
+            assert all(same)
+    assert moved > 40 and kept > 0          # uniform 16-crops of a 128 image rarely hold its one pixel
+
+
+def test_nonempty_batches_leaves_a_batch_of_images_without_targets_empty():
+    images, masks, _ = _one_target_each([(64, 64)] * 2)
+    masks = [np.zeros_like(m) for m in masks]
+    data = DeviceData(images, masks, torch.device("cpu"))
+    x, y = data.batch([0, 1], 32, torch.Generator().manual_seed(0), "flip", pad_value=0.0, nonempty_batches=True)
+    assert x.shape == (2, 1, 32, 32) and y.sum() == 0
