@@ -86,6 +86,7 @@ class TrainConfig:
     nonempty_batches: bool = False   # a batch whose crops hold no target pixel gets one crop moved over a target
     warmup_epochs: int = 0           # linear warm-up from lr/10 to lr, then the scheduler over the rest
     ema_decay: float = 0.0           # > 0: evaluate and export an exponential moving average of the weights
+    grad_clip: float = 0.0           # > 0: clip the gradients' global norm to this before each step
     bn_recalibrate: bool = False     # at the end: BatchNorm statistics recomputed on the full-size train images
     augment: str = "flip"            # flip (h/v flips and transpose) | none
     loss_smooth: float = 1.0
@@ -126,6 +127,8 @@ class TrainConfig:
             bad("warmup_epochs", f"fewer than epochs ({self.epochs})")
         if not 0.0 <= self.crop_targets <= 1.0:
             bad("crop_targets", "a probability in [0, 1] (0: uniform random crops)")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            bad("grad_clip", "a number >= 0 (0: no clipping)")
         if not 0.0 <= self.ema_decay < 1.0:
             bad("ema_decay", "a number in [0, 1) (0: no averaging)")
         if not self.lr > 0:
@@ -478,8 +481,14 @@ class StepRunner:
     def __init__(self, net: nn.Module, model: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, *,
                  device: torch.device, autocast_dtype: torch.dtype | None, cuda_graph: bool,
                  warmup: int = 3, log: Callable[[str], None] | None = None,
-                 after_step: Callable[[], None] | None = None) -> None:
+                 after_step: Callable[[], None] | None = None, grad_clip: float = 0.0) -> None:
         self.net, self.model, self.criterion, self.opt = net, model, criterion, opt
+        self.grad_clip = grad_clip
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # with clipping: the gradient norms before clipping, per epoch (device scalars)
+        self.norm_sum = torch.zeros((), device=device)
+        self.norm_max = torch.zeros((), device=device)
+        self.norm_clipped = torch.zeros((), device=device)
         self.after_step = after_step or (lambda: None)
         self.device, self.dtype = device, autocast_dtype
         self.model_loss = getattr(model, "training_loss", None)
@@ -514,9 +523,29 @@ class StepRunner:
         loss = self._loss(x, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self._clip()
         self.opt.step()
         self.after_step()
         acc += loss.detach()
+
+    def _clip(self) -> None:
+        if self.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+            self.norm_sum += norm
+            self.norm_clipped += (norm > self.grad_clip).float()
+            torch.maximum(self.norm_max, norm, out=self.norm_max)
+
+    def grad_stats(self, steps: int) -> dict[str, float]:
+        """The gradient norms of the steps since the last call (one host sync), then reset:
+        mean and max before clipping, and the share of steps clipped. Empty without clipping."""
+        if self.grad_clip <= 0:
+            return {}
+        out = {"train/grad_norm_mean": float(self.norm_sum) / max(steps, 1),
+               "train/grad_norm_max": float(self.norm_max),
+               "train/clipped_share": float(self.norm_clipped) / max(steps, 1)}
+        for t in (self.norm_sum, self.norm_max, self.norm_clipped):
+            t.zero_()
+        return out
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
         """Train on (x, y) and add the batch's loss to ``acc`` (a device scalar)."""
@@ -529,6 +558,7 @@ class StepRunner:
             sx.copy_(x)
             sy.copy_(y)
             self._graph.replay()
+            self._clip()
             self.opt.step()
             self.after_step()
             acc += sloss
@@ -830,7 +860,7 @@ class Trainer:
         after_step = (lambda: self.ema.update(model)) if self.ema is not None else None
         self.runner = StepRunner(step_fn, model, criterion, self.opt, device=self.device,
                                  autocast_dtype=self.autocast_dtype, cuda_graph=cfg.cuda_graph, log=self.log,
-                                 after_step=after_step)
+                                 after_step=after_step, grad_clip=cfg.grad_clip)
         self.norm_mean = torch.tensor(self.mean, device=self.device)
         self.norm_std = torch.tensor(self.std, device=self.device)
 
@@ -867,7 +897,8 @@ class Trainer:
         self.epoch = epoch + 1
         elapsed = time.perf_counter() - t0
         return {"epoch": self.epoch, "train/loss": train_loss, "train/lr": lr, "train/seconds": elapsed,
-                "train/images_per_s": self.steps * self.bsz * self.world / elapsed, "train/crop": crop}
+                "train/images_per_s": self.steps * self.bsz * self.world / elapsed, "train/crop": crop,
+                **self.runner.grad_stats(self.steps)}
 
     def crop_for(self, epoch: int) -> int:
         """The crop size of (0-based) ``epoch``: ``final_crop_size`` in the last

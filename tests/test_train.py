@@ -446,3 +446,21 @@ def test_ablation_puts_models_and_seeds_side_by_side(tiny_data, tmp_path, capsys
         train(tiny_cfg(tiny_data, partial, epochs=3), stop_after_epochs=1)
         from sgem.report import ablation
         ablation({"x": [partial]})
+
+
+def test_grad_clip_bounds_each_step_and_logs_the_norms(tiny_data, tmp_path):
+    """grad_clip: the gradient's global norm is cut to the limit before each step (with
+    SGD, no momentum, a step then moves the weights by at most lr * limit); the epoch's
+    norms before clipping are in the history."""
+    common = dict(epochs=1, optimizer="sgd", momentum=0.0, scheduler="constant")
+    train(tiny_cfg(tiny_data, tmp_path / "start", **common, lr=1e-30))   # the same initial weights, unmoved
+    train(tiny_cfg(tiny_data, tmp_path / "clip", **common, lr=0.5, grad_clip=1e-4))
+    row = json.loads((tmp_path / "clip" / "history.json").read_text())[-1]
+    assert row["train/clipped_share"] == 1.0 and row["train/grad_norm_max"] >= row["train/grad_norm_mean"] > 1e-4
+    w0, w1 = weights(tmp_path / "start" / CHECKPOINT_NAME), weights(tmp_path / "clip" / CHECKPOINT_NAME)
+    moved = torch.cat([(w1[k].double() - w0[k].double()).flatten() for k in w0
+                       if w0[k].is_floating_point() and "running" not in k])
+    steps = 4   # at most: fewer than 16 training images at batch 4
+    assert 0 < float(moved.norm()) <= 0.5 * 1e-4 * steps * 1.001
+    train(tiny_cfg(tiny_data, tmp_path / "free", **common, lr=0.5))
+    assert "train/grad_norm_mean" not in json.loads((tmp_path / "free" / "history.json").read_text())[-1]
