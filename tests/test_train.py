@@ -464,3 +464,9 @@ def test_grad_clip_bounds_each_step_and_logs_the_norms(tiny_data, tmp_path):
     assert 0 < float(moved.norm()) <= 0.5 * 1e-4 * steps * 1.001
     train(tiny_cfg(tiny_data, tmp_path / "free", **common, lr=0.5))
     assert "train/grad_norm_mean" not in json.loads((tmp_path / "free" / "history.json").read_text())[-1]
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_grad_clip_must_be_a_finite_number_at_least_0(value):
+    with pytest.raises(ValueError, match=r"grad_clip=.*; expected a number >= 0 \(0: no clipping\)"):
+        TrainConfig(data_root="x", grad_clip=value).validate()
