@@ -485,10 +485,8 @@ class StepRunner:
         self.net, self.model, self.criterion, self.opt = net, model, criterion, opt
         self.grad_clip = grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
-        # with clipping: the gradient norms before clipping, per epoch (device scalars)
-        self.norm_sum = torch.zeros((), device=device)
-        self.norm_max = torch.zeros((), device=device)
-        self.norm_clipped = torch.zeros((), device=device)
+        # with clipping, the epoch's gradient norms before clipping: sum, max, steps clipped
+        self.norm_stats = torch.zeros(3, device=device)
         self.after_step = after_step or (lambda: None)
         self.device, self.dtype = device, autocast_dtype
         self.model_loss = getattr(model, "training_loss", None)
@@ -531,21 +529,20 @@ class StepRunner:
     def _clip(self) -> None:
         if self.grad_clip > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-            self.norm_sum += norm
-            self.norm_clipped += (norm > self.grad_clip).float()
-            torch.maximum(self.norm_max, norm, out=self.norm_max)
+            s = self.norm_stats
+            s[0] += norm
+            s[1] = torch.maximum(s[1], norm)
+            s[2] += norm > self.grad_clip
 
     def grad_stats(self, steps: int) -> dict[str, float]:
         """The gradient norms of the steps since the last call (one host sync), then reset:
         mean and max before clipping, and the share of steps clipped. Empty without clipping."""
         if self.grad_clip <= 0:
             return {}
-        out = {"train/grad_norm_mean": float(self.norm_sum) / max(steps, 1),
-               "train/grad_norm_max": float(self.norm_max),
-               "train/clipped_share": float(self.norm_clipped) / max(steps, 1)}
-        for t in (self.norm_sum, self.norm_max, self.norm_clipped):
-            t.zero_()
-        return out
+        total, peak, clipped = self.norm_stats.tolist()
+        self.norm_stats.zero_()
+        return {"train/grad_norm_mean": total / max(steps, 1), "train/grad_norm_max": peak,
+                "train/clipped_share": clipped / max(steps, 1)}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
         """Train on (x, y) and add the batch's loss to ``acc`` (a device scalar)."""
