@@ -144,3 +144,27 @@ def test_cpu_model_card_rows_come_from_their_evaluations():
                            ("these fp16 weights, fp32", "metrics_shipped_fp16_weights.json"),
                            ("these fp16 weights, bf16 autocast", "metrics_shipped_fp16_weights_bf16.json")):
         _check(_row(card, marker), json.loads((CPU / source).read_text()))
+
+
+def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_files():
+    doc = (REPO / "docs" / "training.md").read_text()
+    fit = REPO / "reports" / "cpu_pilots" / "fit_check"
+    for marker, names in (("| pilot B_full (validation protocol) |", ["B_full_pilot"]),
+                          ("| pilot G (validation protocol) |", ["G_pilot"]),
+                          ("| G, official split, seed 0 |", ["G_official_sgem_unet_s0"]),
+                          ("| G, official split, seed 0, `unet` |", ["G_official_unet_s0"]),
+                          ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
+                          ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
+                          ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
+                          ("| the paper's protocol for 522 epochs on a GPU", ["gpu522_sgem_unet"])):
+        row = _row(doc, marker)
+        runs = [json.loads((fit / f"{n}.json").read_text())["weights"] for n in names]
+        cells = [c.strip() for c in row.split("|")[2:5]]
+        assert cells[0] == ", ".join(pct(w["model"]["iou"]) for w in runs), (marker, cells)
+        raw = ", ".join(pct(w["train_model"]["iou"]) for w in runs if "train_model" in w) or "-"
+        assert cells[1] == raw, (marker, cells)
+        assert cells[2] == ", ".join(str(w["model"]["images_over_100_false_alarm_pixels"]) for w in runs), (marker, cells)
+    flat = " ".join(doc.split())
+    for model in ("sgem_unet", "unet"):
+        last = json.loads((REPO / "reports" / "cpu_pilots" / "G_official" / f"{model}_s0_history.json").read_text())[-1]
+        assert f"**{pct(last['test/iou'])}** for `{model}`" in flat, model
