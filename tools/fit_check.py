@@ -18,7 +18,6 @@ This check needs only the training images.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -28,7 +27,8 @@ import torch
 from sgem.checkpoint import load_checkpoint, model_from_checkpoint
 from sgem.data import load_split
 from sgem.device import resolve_precision
-from sgem.evaluate import predict_probs
+from sgem.evaluate import evaluate_arrays, predict_probs
+from sgem.io import atomic_write_json
 
 
 def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: int = 3, tile: int = 0,
@@ -47,15 +47,11 @@ def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: i
         model, _ = model_from_checkpoint({**state, "model": state[which]})
         probs = predict_probs(model, images, mean=norm["mean"], std=norm["std"], precision=precision,
                               channels_last=channels_last, tile=tile)
-        inter = union = 0
-        fa = []
-        for p, m in zip(probs, masks):
-            b = p > 0.5
-            inter += int((b & m).sum())
-            union += int((b | m).sum())
-            fa.append(int((b & ~m).sum()))
+        # the pooled IoU exactly as `sgem evaluate` computes it; the false alarms per image beside it
+        iou = evaluate_arrays(probs, masks, curves=False)["iou"]
+        fa = [int(((p > 0.5) & ~m).sum()) for p, m in zip(probs, masks)]
         order = np.argsort(-np.asarray(fa), kind="stable")[:top]
-        out["weights"][which] = {"iou": inter / max(union, 1), "false_alarm_pixels": int(sum(fa)),
+        out["weights"][which] = {"iou": iou, "false_alarm_pixels": int(sum(fa)),
                                  "images_over_100_false_alarm_pixels": int(sum(f > 100 for f in fa)),
                                  "worst": [[stems[i], fa[i]] for i in order]}
     return out
@@ -82,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{w['false_alarm_pixels']} false-alarm pixels, "
               f"{w['images_over_100_false_alarm_pixels']} images over 100; worst {w['worst'][:5]}")
     if a.out:
-        tmp = a.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(r, f, indent=1)
-        os.replace(tmp, a.out)
+        atomic_write_json(a.out, r)
     return 0
 
 
