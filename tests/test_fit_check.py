@@ -65,3 +65,45 @@ def test_fit_check_counts_false_alarms_per_image_at_threshold_half(monkeypatch):
     assert set(r["weights"]) == {"model"}          # no raw weights in this checkpoint: one set scored
     assert w["worst"][:2] == [["a", 3], ["b", 0]] and w["false_alarm_pixels"] == 3
     assert abs(w["iou"] - 2 / 5) < 1e-9             # 2 targets found, union 2 + 3 false alarms
+
+
+def test_fit_check_recalibrates_on_every_image_of_the_split_not_the_scored_subset(monkeypatch):
+    """With bn_recalibrate, each weight set is scored as saved and again after
+    recalibrate_batchnorm has seen all images of the split (every=2 scores only half)."""
+    import importlib.util
+
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("fit_check", REPO / "tools" / "fit_check.py")
+    fc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fc)
+    masks = [np.zeros((8, 8), bool) for _ in range(4)]
+    for m in masks:
+        m[0, 0] = True
+    seen = []
+
+    class Model:
+        recalibrated = False
+
+        def eval(self):
+            return self
+
+    def predict(model, images, **kw):
+        # a recalibrated model finds the targets, one as saved predicts nothing
+        return [m.astype(np.float32) if model.recalibrated else np.zeros((8, 8), np.float32) for m in masks[:len(images)]]
+
+    def recal(model, images, **kw):
+        seen.append(len(images))
+        model.recalibrated = True
+        return len(images)
+
+    monkeypatch.setattr(fc, "load_checkpoint", lambda p: {"model": {}, "train_model": {},
+                                                          "normalization": {"mean": 0.0, "std": 1.0}})
+    monkeypatch.setattr(fc, "load_split", lambda root, split: (list("abcd"), [m.astype(np.float32) for m in masks], masks))
+    monkeypatch.setattr(fc, "model_from_checkpoint", lambda state: (Model(), state))
+    monkeypatch.setattr(fc, "predict_probs", predict)
+    monkeypatch.setattr(fc, "recalibrate_batchnorm", recal)
+    r = fc.fit_check("ck.pt", "root", every=2, bn_recalibrate=True)
+    assert r["images"] == 2 and seen == [4, 4]
+    assert {k: w["iou"] for k, w in r["weights"].items()} == {"model": 0.0, "train_model": 0.0}
+    assert {k: w["iou"] for k, w in r["recalibrated"].items()} == {"model": 1.0, "train_model": 1.0}
+    assert "recalibrated" not in fc.fit_check("ck.pt", "root", every=2)
