@@ -158,6 +158,7 @@ def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_file
                            ["pilot_I_final", "pilot_J_final", "pilot_K_final", "pilot_L_final"]),
                           ("| G, official split, seed 0 |", ["G_official_sgem_unet_s0"]),
                           ("| G, official split, seed 0, `unet` |", ["G_official_unet_s0"]),
+                          ("| L, official split, seed 0 |", ["L_official_sgem_unet_s0"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
                           ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
@@ -173,3 +174,6 @@ def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_file
     for model in ("sgem_unet", "unet"):
         last = json.loads((REPO / "reports" / "cpu_pilots" / "G_official" / f"{model}_s0_history.json").read_text())[-1]
         assert f"**{pct(last['test/iou'])}** for `{model}`" in flat, model
+    last = json.loads((REPO / "reports" / "cpu_pilots" / "L_official" / "sgem_unet_s0_history.json").read_text())[-1]
+    assert f"IoU **{pct(last['test/iou'])}** for `sgem_unet` (nIoU {pct(last['test/niou'])}, " \
+           f"Pd {pct(last['test/pd'])} %, Fa {last['test/fa'] * 1e6:.1f}e-6)" in flat
