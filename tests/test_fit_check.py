@@ -96,7 +96,7 @@ def test_fit_check_recalibrates_on_every_image_of_the_split_not_the_scored_subse
         model.recalibrated = True
         return len(images)
 
-    monkeypatch.setattr(fc, "load_checkpoint", lambda p: {"model": {}, "train_model": {},
+    monkeypatch.setattr(fc, "load_checkpoint", lambda p: {"model": {}, "train_model": {}, "config": {"batch_size": 8},
                                                           "normalization": {"mean": 0.0, "std": 1.0}})
     monkeypatch.setattr(fc, "load_split", lambda root, split: (list("abcd"), [m.astype(np.float32) for m in masks], masks))
     monkeypatch.setattr(fc, "model_from_checkpoint", lambda state: (Model(), state))

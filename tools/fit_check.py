@@ -71,7 +71,8 @@ def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: i
         model, _ = model_from_checkpoint({**state, "model": state[which]})
         out["weights"][which] = _score(model, images, masks, stems, **kw)
         if bn_recalibrate:
-            recalibrate_batchnorm(model, full, mean=norm["mean"], std=norm["std"], batch_size=8,
+            recalibrate_batchnorm(model, full, mean=norm["mean"], std=norm["std"],
+                                  batch_size=state["config"]["batch_size"],   # as training's recalibration
                                   channels_last=channels_last,
                                   autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
             out["recalibrated"][which] = _score(model.eval(), images, masks, stems, **kw)
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     r = fit_check(a.checkpoint, a.data_root, split=a.split, every=a.every, tile=a.tile,
                   bn_recalibrate=a.bn_recalibrate)
-    rows = [(k, w) for k, w in r["weights"].items()]
+    rows = list(r["weights"].items())
     rows += [(f"{k} recalibrated", w) for k, w in r.get("recalibrated", {}).items()]
     for which, w in rows:
         print(f"{which}: IoU {100 * w['iou']:.2f} on {r['images']} {a.split} images; "
