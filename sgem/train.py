@@ -39,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, export_weights,  # noqa: F401  (re-exported)
@@ -84,6 +85,7 @@ class TrainConfig:
     final_epochs: int = 0
     crop_targets: float = 0.0        # probability that a crop is placed over a target pixel (0: uniform crops)
     nonempty_batches: bool = False   # a batch whose crops hold no target pixel gets one crop moved over a target
+    crop_false_alarms: float = 0.0   # probability that a crop is placed over the image's last recorded false alarm
     warmup_epochs: int = 0           # linear warm-up from lr/10 to lr, then the scheduler over the rest
     ema_decay: float = 0.0           # > 0: evaluate and export an exponential moving average of the weights
     grad_clip: float = 0.0           # > 0: clip the gradients' global norm to this before each step
@@ -127,6 +129,8 @@ class TrainConfig:
             bad("warmup_epochs", f"fewer than epochs ({self.epochs})")
         if not 0.0 <= self.crop_targets <= 1.0:
             bad("crop_targets", "a probability in [0, 1] (0: uniform random crops)")
+        if not 0.0 <= self.crop_false_alarms <= 1.0:
+            bad("crop_false_alarms", "a probability in [0, 1] (0: no crops placed over false alarms)")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             bad("grad_clip", "a number >= 0 (0: no clipping)")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -342,6 +346,14 @@ class DeviceData:
         self._stack: tuple[tuple[int, float], torch.Tensor, torch.Tensor] | None = None
         self._hw = (0, 0)
         self._targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # hard negatives (``crop_false_alarms``): per image, the (row, col) of the most
+        # confident false alarm of its last training crop that showed one (-1: none), and
+        # the epoch that recorded it (0: never; merges the records of several processes)
+        n = len(self.sizes)
+        self.false_alarms = torch.full((n, 2), -1, dtype=torch.long, device=device)
+        self.false_alarm_epoch = torch.zeros(n, dtype=torch.long, device=device)
+        self.false_alarm_crops = torch.zeros((), dtype=torch.long, device=device)  # crops placed over one
+        self._last: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int] | None = None
 
     def __len__(self) -> int:
         return len(self.sizes)
@@ -381,7 +393,8 @@ class DeviceData:
         return self._stack[1], self._stack[2]
 
     def batch(self, idx: list[int], crop: int, gen: torch.Generator, augment: str, pad_value: float,
-              crop_targets: float = 0.0, nonempty_batches: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+              crop_targets: float = 0.0, nonempty_batches: bool = False,
+              crop_false_alarms: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Random crops (padded with ``pad_value`` where an image is smaller) and flips.
 
         Per sample, five integers are drawn from ``gen`` (crop row, crop column, then
@@ -399,6 +412,14 @@ class DeviceData:
         (drawn uniformly among them) is cropped again, placed over a target as above,
         with its own flips; a batch that holds a target is left as drawn. Decided on the
         device, without a host synchronisation.
+
+        ``crop_false_alarms`` > 0: then three more integers per sample (after the
+        ``crop_targets`` ones, before the ``nonempty_batches`` ones): with that
+        probability a sample of an image with a recorded false alarm
+        (:meth:`record_false_alarms`) is placed over it, at a uniform offset among those
+        that keep it inside the crop (this takes precedence over ``crop_targets``).
+
+        The crops drawn (images, offsets, flips) are kept for :meth:`record_false_alarms`.
         """
         self._stacked(crop, pad_value)
         r = torch.randint(0, 2**31 - 1, (len(idx), 5), generator=gen).to(self.device, non_blocking=True)
@@ -411,6 +432,14 @@ class DeviceData:
             use, ty, tx = self._over_target(sel, q, hw, crop, crop_targets)
             oy = torch.where(use, ty, oy)
             ox = torch.where(use, tx, ox)
+        if crop_false_alarms > 0:
+            q = torch.randint(0, 2**31 - 1, (len(idx), 3), generator=gen).to(self.device, non_blocking=True)
+            fa = self.false_alarms[sel]
+            use = (q[:, 0].double() < crop_false_alarms * (2**31 - 1)) & (fa[:, 0] >= 0)
+            fy, fx = _offsets_over(fa.clamp(min=0), q[:, 1:3], hw, crop).unbind(1)
+            oy = torch.where(use, fy, oy)
+            ox = torch.where(use, fx, ox)
+            self.false_alarm_crops += use.sum()
         if augment == "flip":
             flip = (r[:, 2:5] % 2).bool()
         else:
@@ -424,7 +453,63 @@ class DeviceData:
             xj, yj = self._gather(sel[j, None], ty[j, None], tx[j, None], flip[j, None], crop)
             x[j] = torch.where(redo, xj[0], x[j])
             y[j] = torch.where(redo, yj[0], y[j])
+            oy, ox = oy.clone(), ox.clone()
+            oy[j] = torch.where(redo, ty[j], oy[j])
+            ox[j] = torch.where(redo, tx[j], ox[j])
+        self._last = (sel, oy, ox, flip, crop)
         return x, y.float()
+
+    def record_false_alarms(self, logits: torch.Tensor, y: torch.Tensor, epoch: int, margin: int = 3) -> None:
+        """Record, for each crop of the last :meth:`batch`, where the network called
+        background a target: the pixel of highest logit among those above 0 (probability
+        0.5, the evaluation threshold) that lie more than ``margin`` pixels from any target
+        pixel (an error at a target's edge is a segmentation error, not a false alarm),
+        mapped back through the crop's flips to its image's coordinates. A crop without
+        such a pixel clears its image's record if that record lies inside the crop (the
+        network no longer fires there); a record outside it is kept. On the device,
+        without a host synchronisation; ``epoch`` (1-based) stamps the records."""
+        if self._last is None:
+            raise RuntimeError("record_false_alarms needs the crops of a batch drawn before it")
+        sel, oy, ox, flip, crop = self._last
+        b = len(sel)
+        near = F.max_pool2d(y.float(), 2 * margin + 1, stride=1, padding=margin) if margin else y.float()
+        score = torch.where(near.reshape(b, -1) > 0, float("-inf"), logits.detach().float().reshape(b, -1))
+        best, k = score.max(dim=1)
+        i, j = k // crop, k % crop
+        t = flip[:, 2]
+        p, q = torch.where(t, j, i), torch.where(t, i, j)   # a transpose swaps row and column
+        row = oy + torch.where(flip[:, 1], crop - 1 - p, p)
+        col = ox + torch.where(flip[:, 0], crop - 1 - q, q)
+        h, w = self.sizes[sel].unbind(1)
+        found = (best > 0) & (row < h) & (col < w)           # not in the padding of a small image
+        prev = self.false_alarms[sel]
+        inside = ((prev[:, 0] >= oy) & (prev[:, 0] < oy + crop) & (prev[:, 1] >= ox) & (prev[:, 1] < ox + crop))
+        new = torch.where(found[:, None], torch.stack([row, col], 1),
+                          torch.where(inside[:, None], torch.full_like(prev, -1), prev))
+        self.false_alarms[sel] = new
+        self.false_alarm_epoch[sel] = epoch
+
+    def merge_false_alarms(self) -> None:
+        """With several processes: every process takes, image by image, the record of the
+        process that saw the image last (each image is in one process's share of an epoch)."""
+        latest = self.false_alarm_epoch.clone()
+        dist.all_reduce(latest, op=dist.ReduceOp.MAX)
+        mine = (self.false_alarm_epoch == latest) & (latest > 0)
+        merged = torch.where(mine[:, None], self.false_alarms + 1, 0)
+        dist.all_reduce(merged)  # one contributor per image; 0 from the others
+        self.false_alarms = torch.where((latest > 0)[:, None], merged - 1, self.false_alarms)
+        self.false_alarm_epoch = latest
+
+    def false_alarm_state(self) -> dict[str, torch.Tensor]:
+        return {"yx": self.false_alarms.cpu(), "epoch": self.false_alarm_epoch.cpu()}
+
+    def load_false_alarm_state(self, state: dict[str, torch.Tensor], where: str) -> None:
+        yx, ep = state["yx"], state["epoch"]
+        if tuple(yx.shape) != tuple(self.false_alarms.shape):
+            raise ValueError(f"{where}: the checkpoint records false alarms for {yx.shape[0]} training images, "
+                             f"the training split has {len(self)}; resume with the run's own training split")
+        self.false_alarms = yx.to(self.device, torch.long)
+        self.false_alarm_epoch = ep.to(self.device, torch.long)
 
     def _over_target(self, sel: torch.Tensor, q: torch.Tensor, hw: torch.Tensor, crop: int,
                      p: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -438,9 +523,7 @@ class DeviceData:
         # an image without targets points at pixel 0 (any valid index): its crop is not used
         k = torch.where(count > 0, start[sel] + q[:, 1] % count.clamp(min=1), 0)
         t = yx[k] if len(yx) else torch.zeros_like(hw)
-        lo = (t - crop + 1).clamp(min=0)                    # offsets that keep pixel t in the crop
-        hi = torch.minimum(t, hw - crop)
-        tgt = lo + q[:, 2:4] % (hi - lo + 1)
+        tgt = _offsets_over(t, q[:, 2:4], hw, crop)
         return use, tgt[:, 0], tgt[:, 1]
 
     def _gather(self, sel: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor,
@@ -458,6 +541,14 @@ class DeviceData:
         H, W = self._hw
         flat = sel[:, None, None] * (H * W) + rr * W + cc
         return images[flat].unsqueeze(1), masks[flat].unsqueeze(1)
+
+
+def _offsets_over(t: torch.Tensor, q: torch.Tensor, hw: torch.Tensor, crop: int) -> torch.Tensor:
+    """Crop offsets (B, 2) that keep pixel ``t`` (B, 2) inside a crop of an image of size
+    ``hw`` (B, 2, at least ``crop``), drawn uniformly among them from the integers ``q``."""
+    lo = (t - crop + 1).clamp(min=0)
+    hi = torch.minimum(t, hw - crop)
+    return lo + q % (hi - lo + 1)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -481,8 +572,10 @@ class StepRunner:
     def __init__(self, net: nn.Module, model: nn.Module, criterion: nn.Module, opt: torch.optim.Optimizer, *,
                  device: torch.device, autocast_dtype: torch.dtype | None, cuda_graph: bool,
                  warmup: int = 3, log: Callable[[str], None] | None = None,
-                 after_step: Callable[[], None] | None = None, grad_clip: float = 0.0) -> None:
+                 after_step: Callable[[], None] | None = None, grad_clip: float = 0.0,
+                 on_logits: Callable[[torch.Tensor, torch.Tensor], None] | None = None) -> None:
         self.net, self.model, self.criterion, self.opt = net, model, criterion, opt
+        self.on_logits = on_logits  # sees each step's inference logits (detached) and targets
         self.grad_clip = grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
         # with clipping, the epoch's gradient norms before clipping: sum, max, steps clipped
@@ -505,20 +598,23 @@ class StepRunner:
                 self.log(self.fallback)
         self._warm = 0
         self._graph: Any = None
-        self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._static: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
-    def _loss(self, x: torch.Tensor, y: torch.Tensor, cache: bool = True) -> torch.Tensor:
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss, and the logits that inference would give (detached)."""
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None,
                             cache_enabled=cache):
             logits = self.net(x)
-        if self.model_loss is not None:  # a model's own loss (e.g. ISNet's edge term)
-            return self.model_loss(logits, y, self.criterion)
-        if isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads
-            return sum(self.criterion(o.float(), y) for o in logits) / len(logits)
-        return self.criterion(logits.float(), y)
+        if self.model_loss is not None:  # a model's own loss (e.g. ISNet's edge term): output first
+            return self.model_loss(logits, y, self.criterion), logits[0].detach()
+        if isinstance(logits, (list, tuple)):  # deep supervision: the mean over all heads; the last infers
+            return sum(self.criterion(o.float(), y) for o in logits) / len(logits), logits[-1].detach()
+        return self.criterion(logits.float(), y), logits.detach()
 
     def _eager(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
-        loss = self._loss(x, y)
+        loss, head = self._loss(x, y)
+        if self.on_logits is not None:
+            self.on_logits(head, y)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self._clip()
@@ -551,10 +647,12 @@ class StepRunner:
         if self._graph is not None and self._static[0].shape != x.shape:  # type: ignore[index]
             self._graph, self._static, self._warm = None, None, 0  # a new crop size: capture again
         if self._graph is not None:
-            sx, sy, sloss = self._static  # type: ignore[misc]
+            sx, sy, sloss, shead = self._static  # type: ignore[misc]
             sx.copy_(x)
             sy.copy_(y)
             self._graph.replay()
+            if self.on_logits is not None:
+                self.on_logits(shead, sy)
             self._clip()
             self.opt.step()
             self.after_step()
@@ -585,12 +683,12 @@ class StepRunner:
         torch.cuda.synchronize(self.device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            sloss = self._loss(sx, sy, cache=False)
+            sloss, shead = self._loss(sx, sy, cache=False)
             sloss.backward()
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
         if missing:
             raise RuntimeError(f"no gradient captured for {missing[:3]}")
-        self._graph, self._static = graph, (sx, sy, sloss.detach())
+        self._graph, self._static = graph, (sx, sy, sloss.detach(), shead)
 
 
 # ----------------------------------------------------------------------------- logging
@@ -811,6 +909,8 @@ class Trainer:
             self.history, self.best = list(state["history"]), dict(state["best"])
             restore_rng(state["rng"])
             self.mean, self.std = state["normalization"]["mean"], state["normalization"]["std"]
+            if cfg.crop_false_alarms > 0 and "false_alarms" in state:
+                self.data.load_false_alarm_state(state["false_alarms"], str(self.ckpt_path))
             _match_optimizer_to_params(self.opt, self.fused)
         self._build_step()
 
@@ -835,15 +935,19 @@ class Trainer:
         if self.world == 1:
             return
         with torch.no_grad():
-            local = torch.stack([sum(p.detach().double().sum() for p in self.model.parameters()),
-                                 sum(p.detach().double().abs().sum() for p in self.model.parameters())])
+            sums = [sum(p.detach().double().sum() for p in self.model.parameters()),
+                    sum(p.detach().double().abs().sum() for p in self.model.parameters())]
+            if self.cfg.crop_false_alarms > 0:  # the merged false-alarm records, too
+                fa = self.data.false_alarms.double()
+                sums.append((fa * torch.arange(1, len(fa) + 1, device=fa.device)[:, None]).sum())
+            local = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in sums])
         gathered = [torch.zeros_like(local) for _ in range(self.world)]
         dist.all_gather(gathered, local.to(self.device) if self.device.type == "cuda" else local)
         ref = gathered[0].cpu()
         for r, g in enumerate(gathered[1:], 1):
             if not torch.allclose(g.cpu(), ref, rtol=1e-9, atol=1e-9):
                 raise RuntimeError(f"training processes disagree after epoch {self.epoch}: rank {r}'s weights "
-                                   f"differ from rank 0's (checksums {g.tolist()} vs {ref.tolist()})")
+                                   f"(or false-alarm records) differ from rank 0's (checksums {g.tolist()} vs {ref.tolist()})")
 
     def _build_step(self) -> None:
         cfg, model = self.cfg, self.model
@@ -855,9 +959,12 @@ class Trainer:
         step_fn = torch.compile(net) if cfg.compile else net
         criterion = SoftIoULoss(smooth=cfg.loss_smooth, reduction=cfg.loss_reduction)
         after_step = (lambda: self.ema.update(model)) if self.ema is not None else None
+        on_logits = None
+        if cfg.crop_false_alarms > 0:  # hard negatives: where each crop's false alarms were
+            on_logits = lambda logits, y: self.data.record_false_alarms(logits, y, self.epoch + 1)  # noqa: E731
         self.runner = StepRunner(step_fn, model, criterion, self.opt, device=self.device,
                                  autocast_dtype=self.autocast_dtype, cuda_graph=cfg.cuda_graph, log=self.log,
-                                 after_step=after_step, grad_clip=cfg.grad_clip)
+                                 after_step=after_step, grad_clip=cfg.grad_clip, on_logits=on_logits)
         self.norm_mean = torch.tensor(self.mean, device=self.device)
         self.norm_std = torch.tensor(self.std, device=self.device)
 
@@ -875,13 +982,22 @@ class Trainer:
         for s in range(self.steps):
             idx = mine[s * self.bsz:(s + 1) * self.bsz]
             x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean, crop_targets=cfg.crop_targets,
-                              nonempty_batches=cfg.nonempty_batches)
+                              nonempty_batches=cfg.nonempty_batches, crop_false_alarms=cfg.crop_false_alarms)
             x = (x - self.norm_mean) / self.norm_std
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             self.runner(x, y, loss_sum)
         lr = self.opt.param_groups[0]["lr"]
         self.sched.step()
+        hard: dict[str, float] = {}
+        if cfg.crop_false_alarms > 0:
+            crops = data.false_alarm_crops.clone()
+            data.false_alarm_crops.zero_()
+            if self.world > 1:
+                data.merge_false_alarms()
+                dist.all_reduce(crops)
+            hard = {"train/false_alarm_crops": float(crops) / (self.steps * self.bsz * self.world),
+                    "train/false_alarm_images": int((data.false_alarms[:, 0] >= 0).sum())}
         if self.world > 1:
             dist.all_reduce(loss_sum)
             loss_sum /= self.world
@@ -895,7 +1011,7 @@ class Trainer:
         elapsed = time.perf_counter() - t0
         return {"epoch": self.epoch, "train/loss": train_loss, "train/lr": lr, "train/seconds": elapsed,
                 "train/images_per_s": self.steps * self.bsz * self.world / elapsed, "train/crop": crop,
-                **self.runner.grad_stats(self.steps)}
+                **self.runner.grad_stats(self.steps), **hard}
 
     def crop_for(self, epoch: int) -> int:
         """The crop size of (0-based) ``epoch``: ``final_crop_size`` in the last
@@ -945,6 +1061,7 @@ class Trainer:
             "normalization": {"mean": float(self.mean), "std": float(self.std)},
             "versions": {"torch": str(torch.__version__), "sgem": _sgem_version()},
             "train_stems": self.train_stems,
+            **({"false_alarms": self.data.false_alarm_state()} if self.cfg.crop_false_alarms > 0 else {}),
         }
 
     def save(self) -> None:

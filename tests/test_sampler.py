@@ -168,3 +168,97 @@ def test_nonempty_batches_leaves_a_batch_of_images_without_targets_empty():
     data = DeviceData(images, masks, torch.device("cpu"))
     x, y = data.batch([0, 1], 32, torch.Generator().manual_seed(0), "flip", pad_value=0.0, nonempty_batches=True)
     assert x.shape == (2, 1, 32, 32) and y.sum() == 0
+
+
+def _distinct(sizes, seed=0):
+    """Images whose pixels all differ (a crop pixel names its image pixel), no targets."""
+    rng = np.random.default_rng(seed)
+    images = [rng.permutation(h * w).reshape(h, w).astype(np.float32) / (h * w) + i for i, (h, w) in enumerate(sizes)]
+    return images, [np.zeros(s, dtype=bool) for s in sizes]
+
+
+def test_false_alarm_is_recorded_at_its_image_pixel_under_every_flip():
+    """record_false_alarms maps the crop pixel of highest positive logit back through the
+    crop's offset, flips and transpose to its own image: the recorded pixel of the image
+    holds the value the crop showed there. A crop without a false alarm clears a record
+    inside it and keeps one outside it."""
+    sizes = [(40, 40), (48, 36), (64, 64)]
+    images, masks = _distinct(sizes)
+    data = DeviceData(images, masks, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(1)
+    flips = set()
+    for _ in range(60):
+        x, y = data.batch([0, 1, 2], 16, g, "flip", pad_value=0.0)
+        sel, oy, ox, flip, crop = data._last
+        flips.add(tuple(flip[0].tolist()))
+        logits = torch.full((3, 1, 16, 16), -5.0)
+        want = []
+        for b in range(2):
+            i, j = (int(v) for v in rng.integers(0, 16, 2))
+            logits[b, 0, i, j] = 3.0
+            logits[b, 0, (i + 5) % 16, (j + 7) % 16] = 1.0      # a weaker false alarm: not the one recorded
+            want.append(float(x[b, 0, i, j]))
+        data.false_alarms[2] = torch.tensor([int(oy[2]) + 3, int(ox[2]) + 4])  # inside crop 2: cleared
+        data.record_false_alarms(logits, y, epoch=1)
+        for b in range(2):
+            r, c = data.false_alarms[b].tolist()
+            assert images[b][r, c] == want[b]
+        assert data.false_alarms[2].tolist() == [-1, -1]
+        outside = [int(oy[2]) - 1 if oy[2] > 0 else int(oy[2]) + 16, int(ox[2])]   # next to crop 2: kept
+        data.false_alarms[2] = torch.tensor(outside)
+        data.record_false_alarms(torch.full((3, 1, 16, 16), -5.0), y, epoch=2)
+        assert data.false_alarms[2].tolist() == outside
+    assert len(flips) == 8          # every combination of the three flips was checked
+
+
+def test_false_alarms_next_to_a_target_are_not_recorded():
+    """A positive logit within ``margin`` pixels of a target pixel is a segmentation error at
+    the target's edge, not a false alarm; a farther one is recorded."""
+    images, masks = _distinct([(32, 32)])
+    masks[0][10, 10] = True
+    data = DeviceData(images, masks, torch.device("cpu"))
+    x, y = data.batch([0], 32, torch.Generator().manual_seed(0), "none", pad_value=0.0)
+    logits = torch.full((1, 1, 32, 32), -5.0)
+    logits[0, 0, 10, 10] = 9.0          # the target itself
+    logits[0, 0, 13, 12] = 8.0          # 3 pixels away: edge
+    data.record_false_alarms(logits, y, epoch=1)
+    assert data.false_alarms[0].tolist() == [-1, -1]
+    logits[0, 0, 14, 10] = 0.5          # 4 pixels away: a false alarm
+    data.record_false_alarms(logits, y, epoch=1)
+    assert data.false_alarms[0].tolist() == [14, 10]
+
+
+def test_crops_are_placed_over_recorded_false_alarms():
+    """crop_false_alarms=1: every crop of an image with a record holds the recorded pixel,
+    at positions spread over the crop; an image without a record gets the uniform crop of
+    a run without the option (same offsets and flips)."""
+    images, masks = _distinct([(64, 64), (64, 64)])
+    data = DeviceData(images, masks, torch.device("cpu"))
+    data.false_alarms[0] = torch.tensor([30, 33])
+    positions = set()
+    for seed in range(150):
+        x, _ = data.batch([0, 1], 16, torch.Generator().manual_seed(seed), "flip", pad_value=0.0,
+                          crop_false_alarms=1.0)
+        hit = torch.nonzero(x[0, 0] == images[0][30, 33])
+        assert len(hit) == 1
+        positions.add(tuple(hit[0].tolist()))
+        x0, _ = data.batch([0, 1], 16, torch.Generator().manual_seed(seed), "flip", pad_value=0.0)
+        assert torch.equal(x[1], x0[1])
+    assert len(positions) > 150 * 0.6
+    assert int(data.false_alarm_crops) == 150
+
+
+def test_crop_false_alarms_is_a_probability():
+    images, masks = _distinct([(128, 128)])
+    data = DeviceData(images, masks, torch.device("cpu"))
+    data.false_alarms[0] = torch.tensor([5, 100])
+    g = torch.Generator().manual_seed(2)
+    hits = sum(int((data.batch([0] * 50, 16, g, "none", pad_value=0.0, crop_false_alarms=0.3)[0]
+                    == images[0][5, 100]).sum()) for _ in range(40))
+    uniform = (16 / 113) ** 2 * 0.7
+    assert 0.25 < hits / 2000 < 0.3 + uniform + 0.05
+    from sgem.train import TrainConfig
+
+    with pytest.raises(ValueError, match=r"crop_false_alarms=-0.1; expected a probability in \[0, 1\]"):
+        TrainConfig(data_root="x", crop_false_alarms=-0.1).validate()

@@ -470,3 +470,50 @@ def test_grad_clip_bounds_each_step_and_logs_the_norms(tiny_data, tmp_path):
 def test_grad_clip_must_be_a_finite_number_at_least_0(value):
     with pytest.raises(ValueError, match=r"grad_clip=.*; expected a number >= 0 \(0: no clipping\)"):
         TrainConfig(data_root="x", grad_clip=value).validate()
+
+
+def test_false_alarm_crops_train_and_resume_exactly(tiny_data, tmp_path):
+    """crop_false_alarms: the records (where each image's crops last showed a false alarm)
+    are part of the checkpoint, so a run stopped and resumed places its crops, and ends,
+    exactly as a straight run; the history says how many crops went to false alarms.
+    The tiny network predicts no target pixel in a few epochs, so the records are written
+    into its epoch-2 checkpoint by hand (as if it had fired at every image's top left pixel)."""
+    import shutil
+
+    kw = dict(epochs=5, crop_false_alarms=0.5, lr=1e-2)
+    train(tiny_cfg(tiny_data, tmp_path / "straight", **kw), stop_after_epochs=2)
+    ckpt = tmp_path / "straight" / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt)
+    assert "false_alarms" in state and state["history"][-1]["train/false_alarm_crops"] == 0
+    state["false_alarms"]["yx"][:] = 0   # a corner: uniform crops rarely cover (and clear) it
+    save_checkpoint(ckpt, state)
+    shutil.copytree(tmp_path / "straight", tmp_path / "chunked")
+    train(tiny_cfg(tiny_data, tmp_path / "straight", **kw))
+    train(tiny_cfg(tiny_data, tmp_path / "chunked", **kw), stop_after_epochs=1)
+    assert (load_checkpoint(tmp_path / "chunked" / CHECKPOINT_NAME)["false_alarms"]["yx"] >= 0).any()
+    train(tiny_cfg(tiny_data, tmp_path / "chunked", **kw))
+    a = load_checkpoint(ckpt)
+    b = load_checkpoint(tmp_path / "chunked" / CHECKPOINT_NAME)
+    assert_same_weights(a["model"], b["model"])
+    assert torch.equal(a["false_alarms"]["yx"], b["false_alarms"]["yx"])
+    rows = a["history"]
+    assert 0.2 < rows[2]["train/false_alarm_crops"] <= 0.5      # about half the crops of epoch 3
+    assert [r["train/false_alarm_crops"] for r in rows] == [r["train/false_alarm_crops"] for r in b["history"]]
+    assert rows[-1]["train/false_alarm_images"] == int((a["false_alarms"]["yx"][:, 0] >= 0).sum())
+    train(tiny_cfg(tiny_data, tmp_path / "plain", epochs=2, lr=1e-2))
+    assert "false_alarms" not in load_checkpoint(tmp_path / "plain" / CHECKPOINT_NAME)
+
+
+def test_ddp_two_processes_agree_on_false_alarm_records(tiny_data, tmp_path):
+    """With two processes each sees half the images per epoch; the records are merged so
+    that both hold the same (the ranks' checksums include them)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "sgem", "train", "--data", str(tiny_data), "--out", str(tmp_path), "--epochs", "3",
+           "--batch-size", "2", "--crop-size", "32", "--model-kwargs", json.dumps(TINY_MODEL), "--lr", "0.01",
+           "--crop-false-alarms", "0.5", "--checkpoint-every", "1",
+           "--no-progress", "--device", "cpu", "--num-threads", "1", "--no-dvclive"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
+    assert state["epoch"] == 3 and (state["false_alarms"]["epoch"] > 0).all()   # every image seen, merged
