@@ -491,12 +491,16 @@ class DeviceData:
 
     def merge_false_alarms(self) -> None:
         """With several processes: every process takes, image by image, the record of the
-        process that saw the image last (each image is in one process's share of an epoch)."""
+        process that saw the image last (each image is in one process's share of an epoch;
+        an image no process saw this epoch keeps the record all hold since the last merge)."""
         latest = self.false_alarm_epoch.clone()
         dist.all_reduce(latest, op=dist.ReduceOp.MAX)
-        mine = (self.false_alarm_epoch == latest) & (latest > 0)
-        merged = torch.where(mine[:, None], self.false_alarms + 1, 0)
-        dist.all_reduce(merged)  # one contributor per image; 0 from the others
+        rank, world = dist.get_rank(), dist.get_world_size()
+        holds = (self.false_alarm_epoch == latest) & (latest > 0)
+        owner = torch.where(holds, rank, world)
+        dist.all_reduce(owner, op=dist.ReduceOp.MIN)   # one contributor per image: the lowest rank holding it
+        merged = torch.where((owner == rank)[:, None], self.false_alarms + 1, 0)
+        dist.all_reduce(merged)  # 0 from the others
         self.false_alarms = torch.where((latest > 0)[:, None], merged - 1, self.false_alarms)
         self.false_alarm_epoch = latest
 

@@ -262,3 +262,42 @@ def test_crop_false_alarms_is_a_probability():
 
     with pytest.raises(ValueError, match=r"crop_false_alarms=-0.1; expected a probability in \[0, 1\]"):
         TrainConfig(data_root="x", crop_false_alarms=-0.1).validate()
+
+
+def _merge_worker(rank, world, store_file, out_file):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        images, masks = _distinct([(32, 32)] * 4)
+        data = DeviceData(images, masks, torch.device("cpu"))
+        # after an earlier merge both ranks hold image 0 = (1, 2) and image 1 = (3, 4) (epoch 2);
+        # this epoch rank 0 saw image 2 (a record), rank 1 saw image 0 (cleared) and 3 (a record),
+        # nobody saw image 1
+        data.false_alarms[0] = torch.tensor([1, 2])
+        data.false_alarms[1] = torch.tensor([3, 4])
+        data.false_alarm_epoch[:2] = 2
+        if rank == 0:
+            data.false_alarms[2] = torch.tensor([5, 6])
+            data.false_alarm_epoch[2] = 3
+        else:
+            data.false_alarms[0] = torch.tensor([-1, -1])
+            data.false_alarm_epoch[0] = 3
+            data.false_alarms[3] = torch.tensor([7, 8])
+            data.false_alarm_epoch[3] = 3
+        data.merge_false_alarms()
+        torch.save({"yx": data.false_alarms, "epoch": data.false_alarm_epoch}, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_merging_false_alarm_records_of_two_processes(tmp_path):
+    """Each image takes the record of the process that saw it last; an image that no
+    process saw since the last merge keeps the record both hold (not their sum)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_merge_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "out")), nprocs=2)
+    for rank in (0, 1):
+        got = torch.load(f"{tmp_path / 'out'}.{rank}")
+        assert got["yx"].tolist() == [[-1, -1], [3, 4], [5, 6], [7, 8]], rank
+        assert got["epoch"].tolist() == [3, 2, 3, 3]
