@@ -1,6 +1,7 @@
 """Training-step speed of sgem_unet on a CPU (the figures quoted in docs/training.md, pilot C).
 
-    python reports/cpu_pilots/train_speed.py        # prints one JSON line per setting
+    python reports/cpu_pilots/train_speed.py                 # prints one JSON line per setting
+    python reports/cpu_pilots/train_speed.py --false-alarms  # the cost of crop_false_alarms, as a ratio
 
 One training step as `sgem train` runs it (`sgem.train.StepRunner`: bf16 autocast
 forward, SoftIoU, backward, Adam) on random data in channels_last, 2 threads, 3 warm-up
@@ -38,7 +39,49 @@ def run(crop: int, bs: int, compile_: bool, steps: int = 12, warm: int = 3, mode
             "images_per_s": round(steps * bs / (time.perf_counter() - t0), 2), "warmup_s": round(warm_s, 1)}
 
 
+def false_alarm_overhead(rounds: int = 6, steps: int = 10, crop: int = 128, bs: int = 8) -> dict:
+    """The cost of ``crop_false_alarms`` per training step, as a ratio measured in one run:
+    the step with the sampler's extra draws and the record of each crop's false alarms
+    (``DeviceData.batch`` + ``record_false_alarms`` through the runner's ``on_logits``)
+    against the plain step, alternated ``rounds`` times, ``steps`` steps each, on 64 random
+    256x256 images with sparse targets (the same batches for both)."""
+    from sgem.train import DeviceData
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.rand(256, 256, generator=g).numpy() for _ in range(64)]
+    masks = [(torch.rand(256, 256, generator=g) > 0.999).numpy() for _ in range(64)]
+    data = DeviceData(images, masks, torch.device("cpu"))
+    torch.manual_seed(0)
+    m = create_model("sgem_unet").to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    hook = lambda logits, y: data.record_false_alarms(logits, y, 1)  # noqa: E731
+    runners = {p: StepRunner(m, m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
+                             cuda_graph=False, grad_clip=1.0, on_logits=hook if p else None) for p in (0.0, 0.5)}
+    acc = torch.zeros(())
+    times = {0.0: 0.0, 0.5: 0.0}
+    for r in range(rounds + 1):                 # round 0 warms up
+        for p, runner in runners.items():
+            gen = torch.Generator().manual_seed(r)
+            t0 = time.perf_counter()
+            for s in range(steps):
+                x, y = data.batch(list(range(s * bs % 64, s * bs % 64 + bs)), crop, gen, "flip", 0.5,
+                                  crop_false_alarms=p)
+                runner(x.contiguous(memory_format=torch.channels_last), y, acc)
+            if r:
+                times[p] += time.perf_counter() - t0
+    return {"setting": "crop_false_alarms 0.5 vs 0", "crop": crop, "batch": bs, "steps_each": rounds * steps,
+            "images_per_s_plain": round(rounds * steps * bs / times[0.0], 2),
+            "images_per_s_false_alarms": round(rounds * steps * bs / times[0.5], 2),
+            "time_ratio": round(times[0.5] / times[0.0], 4),
+            "images_with_a_record": int((data.false_alarms[:, 0] >= 0).sum())}
+
+
 if __name__ == "__main__":
+    import sys
+
     torch.set_num_threads(2)
+    if sys.argv[1:] == ["--false-alarms"]:
+        print(json.dumps(false_alarm_overhead()), flush=True)
+        raise SystemExit(0)
     for args in [(128, 8, False), (96, 8, False), (64, 8, False), (64, 16, False), (128, 4, False), (128, 8, True)]:
         print(json.dumps(run(*args)), flush=True)
