@@ -113,7 +113,7 @@ def test_readme_cpu_deployment_claims():
 
 def test_training_doc_pilot_rows_come_from_the_pilots_histories():
     doc = (REPO / "docs" / "training.md").read_text()
-    for name in ("A", "B", "B_full", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M"):
+    for name in ("A", "B", "B_full", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N"):
         history = json.loads((REPO / "reports" / "cpu_pilots" / f"{name}_history.json").read_text())
         vals = [pct(r["val/iou"]) for r in history if "val/iou" in r]
         # J and K were completed from I's epoch-80 checkpoint: their rows quote only the last epoch
@@ -154,8 +154,8 @@ def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_file
     fit = REPO / "reports" / "cpu_pilots" / "fit_check"
     for marker, names in (("| pilot B_full (validation protocol) |", ["B_full_pilot"]),
                           ("| pilot G (validation protocol) |", ["G_pilot"]),
-                          ("| pilots I, J, K, L, M (validation protocol, final weights) |",
-                           ["pilot_I_final", "pilot_J_final", "pilot_K_final", "pilot_L_final", "pilot_M_final"]),
+                          ("| pilots I, J, K, L, M, N (validation protocol, final weights) |",
+                           ["pilot_I_final", "pilot_J_final", "pilot_K_final", "pilot_L_final", "pilot_M_final", "pilot_N_final"]),
                           ("| G, official split, seed 0 |", ["G_official_sgem_unet_s0"]),
                           ("| G, official split, seed 0, `unet` |", ["G_official_unet_s0"]),
                           ("| L, official split, seed 0 |", ["L_official_sgem_unet_s0"]),
