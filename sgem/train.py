@@ -913,7 +913,7 @@ class Trainer:
             self.history, self.best = list(state["history"]), dict(state["best"])
             restore_rng(state["rng"])
             self.mean, self.std = state["normalization"]["mean"], state["normalization"]["std"]
-            if cfg.crop_false_alarms > 0 and "false_alarms" in state:
+            if cfg.crop_false_alarms > 0:  # same settings: the checkpoint holds the records
                 self.data.load_false_alarm_state(state["false_alarms"], str(self.ckpt_path))
             _match_optimizer_to_params(self.opt, self.fused)
         self._build_step()
@@ -946,7 +946,7 @@ class Trainer:
                 sums.append((fa * torch.arange(1, len(fa) + 1, device=fa.device)[:, None]).sum())
             local = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device) for v in sums])
         gathered = [torch.zeros_like(local) for _ in range(self.world)]
-        dist.all_gather(gathered, local.to(self.device) if self.device.type == "cuda" else local)
+        dist.all_gather(gathered, local)
         ref = gathered[0].cpu()
         for r, g in enumerate(gathered[1:], 1):
             if not torch.allclose(g.cpu(), ref, rtol=1e-9, atol=1e-9):

@@ -20,11 +20,7 @@ from sgem.train import StepRunner
 
 
 def run(crop: int, bs: int, compile_: bool, steps: int = 12, warm: int = 3, model: str = "sgem_unet") -> dict:
-    torch.manual_seed(0)
-    m = create_model(model).to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(m.parameters(), 1e-3)
-    step = StepRunner(torch.compile(m) if compile_ else m, m, SoftIoULoss(), opt, device=torch.device("cpu"),
-                      autocast_dtype=torch.bfloat16, cuda_graph=False)
+    _, step = _model_and_runner(model, compile_)
     x = torch.randn(bs, 1, crop, crop).contiguous(memory_format=torch.channels_last)
     y = (torch.rand(bs, 1, crop, crop) > 0.99).float()
     acc = torch.zeros(())
@@ -39,6 +35,15 @@ def run(crop: int, bs: int, compile_: bool, steps: int = 12, warm: int = 3, mode
             "images_per_s": round(steps * bs / (time.perf_counter() - t0), 2), "warmup_s": round(warm_s, 1)}
 
 
+def _model_and_runner(model: str = "sgem_unet", compile_: bool = False, **runner_kw) -> tuple:
+    """A seeded model in channels_last and the step `sgem train` runs on it (bf16, Adam 1e-3)."""
+    torch.manual_seed(0)
+    m = create_model(model).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(m.parameters(), 1e-3)
+    return m, StepRunner(torch.compile(m) if compile_ else m, m, SoftIoULoss(), opt, device=torch.device("cpu"),
+                         autocast_dtype=torch.bfloat16, cuda_graph=False, **runner_kw)
+
+
 def false_alarm_overhead(rounds: int = 6, steps: int = 10, crop: int = 128, bs: int = 8) -> dict:
     """The cost of ``crop_false_alarms`` per training step, as a ratio measured in one run:
     the step with the sampler's extra draws and the record of each crop's false alarms
@@ -51,12 +56,8 @@ def false_alarm_overhead(rounds: int = 6, steps: int = 10, crop: int = 128, bs: 
     images = [torch.rand(256, 256, generator=g).numpy() for _ in range(64)]
     masks = [(torch.rand(256, 256, generator=g) > 0.999).numpy() for _ in range(64)]
     data = DeviceData(images, masks, torch.device("cpu"))
-    torch.manual_seed(0)
-    m = create_model("sgem_unet").to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(m.parameters(), 1e-3)
     hook = lambda logits, y: data.record_false_alarms(logits, y, 1)  # noqa: E731
-    runners = {p: StepRunner(m, m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=torch.bfloat16,
-                             cuda_graph=False, grad_clip=1.0, on_logits=hook if p else None) for p in (0.0, 0.5)}
+    runners = {p: _model_and_runner(grad_clip=1.0, on_logits=hook if p else None)[1] for p in (0.0, 0.5)}
     acc = torch.zeros(())
     times = {0.0: 0.0, 0.5: 0.0}
     for r in range(rounds + 1):                 # round 0 warms up
