@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the [deploy] extra); --precision bf16/auto then asks OpenVINO for bf16")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="fp32",
                    help="inference precision (default fp32, the reference; auto: bf16 + channels_last where "
-                        "the device computes bf16 natively)")
+                        "the device computes bf16 natively, else fp32, in channels_last on a CPU)")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--split", default="test")
     p.add_argument("--split-file", default=None)
@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime or openvino: --checkpoint is an .onnx file from `sgem export --format onnx` "
                         "(the [deploy] extra); --precision bf16/auto then asks OpenVINO for bf16")
     p.add_argument("--precision", choices=["fp32", "bf16", "auto"], default="auto",
-                   help="default auto: bf16 + channels_last where the device computes bf16 natively, else fp32")
+                   help="default auto: bf16 + channels_last where the device computes bf16 natively, "
+                        "else fp32 (in channels_last on a CPU)")
     p.add_argument("--tile", type=int, default=1024,
                    help="images larger than this on a side are predicted in overlapping tiles of this size, "
                         "so memory stays bounded (default 1024; 0: never)")

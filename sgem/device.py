@@ -2,7 +2,11 @@
 training, evaluation, prediction and profiling.
 
 ``precision="auto"`` means bf16 autocast with channels_last where the device computes
-bf16 natively, fp32 elsewhere:
+bf16 natively; elsewhere fp32, with channels_last on a CPU (oneDNN's convolutions are
+faster in that layout in fp32 too: 1.15x for a training step of sgem_unet at 128x128,
+batch 8, and 1.29x for batch-1 inference on a Xeon without native bf16; 1.17x batch-1 on one
+with AMX; docs/training.md, reports/bench_cpu_deploy*.md) and without it on a CUDA device (no
+bf16 there means no tensor-core layout to gain):
 
 * CUDA: ``torch.cuda.is_bf16_supported()`` (Ampere and newer);
 * CPU: the processor advertises AMX-BF16 or AVX512-BF16 (``/proc/cpuinfo`` flags on
@@ -65,13 +69,15 @@ def native_bf16(device: torch.device | str) -> bool:
 
 def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, bool]:
     """(precision, channels_last) for a requested precision: 'auto' becomes bf16 with
-    channels_last on a native-bf16 device and fp32 without it elsewhere; 'fp32' and 'bf16'
-    stay (channels_last then as the caller chooses: False here)."""
+    channels_last on a native-bf16 device, fp32 with channels_last on any other CPU and fp32
+    without it on any other CUDA device; 'fp32' and 'bf16' stay (channels_last then as the
+    caller chooses: False here)."""
     if precision not in PRECISION_CHOICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISION_CHOICES)}, got {precision!r}")
     if precision != "auto":
         return precision, False
-    return ("bf16", True) if native_bf16(device) else ("fp32", False)
+    device = torch.device(device)
+    return ("bf16", True) if native_bf16(device) else ("fp32", device.type == "cpu")
 
 
 __all__ = ["PRECISION_CHOICES", "cpu_name", "native_bf16", "resolve_device", "resolve_precision"]

@@ -417,11 +417,23 @@ def test_precision_auto_resolves_and_is_recorded(tiny_data, tmp_path, monkeypatc
 
     monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx2"})
     summary = train(tiny_cfg(tiny_data, tmp_path / "no", epochs=1, precision="auto", deterministic=False))
-    assert summary["resolved"]["precision"] == "fp32" and not summary["resolved"]["channels_last"]
+    # no native bf16: fp32, in channels_last on a CPU (faster there in fp32 too)
+    assert summary["resolved"]["precision"] == "fp32" and summary["resolved"]["channels_last"]
     monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx512_bf16"})
     summary = train(tiny_cfg(tiny_data, tmp_path / "yes", epochs=1, precision="auto", deterministic=False))
     assert summary["resolved"] == {**summary["resolved"], "precision": "bf16", "channels_last": True}
     assert load_checkpoint(tmp_path / "yes" / CHECKPOINT_NAME)["resolved"]["processor"]
+
+
+def test_precision_auto_without_native_bf16_keeps_channels_last_to_the_cpu(monkeypatch):
+    import sgem.device as D
+
+    monkeypatch.setattr(D, "native_bf16", lambda device: False)
+    assert D.resolve_precision("auto", "cpu") == ("fp32", True)
+    assert D.resolve_precision("auto", torch.device("cuda")) == ("fp32", False)
+    assert D.resolve_precision("fp32", "cpu") == ("fp32", False)   # explicit values stay as asked
+    monkeypatch.setattr(D, "native_bf16", lambda device: True)
+    assert D.resolve_precision("auto", torch.device("cuda")) == ("bf16", True)
 
 
 def test_ablation_puts_models_and_seeds_side_by_side(tiny_data, tmp_path, capsys):

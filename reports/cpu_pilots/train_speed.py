@@ -2,6 +2,7 @@
 
     python reports/cpu_pilots/train_speed.py                 # prints one JSON line per setting
     python reports/cpu_pilots/train_speed.py --false-alarms  # the cost of crop_false_alarms, as a ratio
+    python reports/cpu_pilots/train_speed.py --precisions    # fp32 / bf16, with and without channels_last
 
 One training step as `sgem train` runs it (`sgem.train.StepRunner`: bf16 autocast
 forward, SoftIoU, backward, Adam) on random data in channels_last, 2 threads, 3 warm-up
@@ -44,6 +45,48 @@ def _model_and_runner(model: str = "sgem_unet", compile_: bool = False, **runner
                          autocast_dtype=torch.bfloat16, cuda_graph=False, **runner_kw)
 
 
+def precision_speeds(rounds: int = 3, steps: int = 4, crop: int = 128, bs: int = 8,
+                     models: tuple[str, ...] = ("sgem_unet", "unet")) -> list[dict]:
+    """Training-step speed in the four CPU layouts (fp32 and bf16 autocast, each with and
+    without channels_last), per model, alternated ``rounds`` times (``steps`` steps each,
+    after one warm-up round) so that a machine's drift reaches all four alike; images/s and
+    the ratio to fp32. Which layout ``precision: auto`` picks depends on whether the CPU
+    computes bf16 natively (printed with its name): without it, bf16 is emulated."""
+    from sgem.device import cpu_name, native_bf16
+
+    out = []
+    x0 = torch.randn(bs, 1, crop, crop)
+    y = (torch.rand(bs, 1, crop, crop) > 0.99).float()
+    acc = torch.zeros(())
+    for model in models:
+        setups = {}
+        for dtype in (None, torch.bfloat16):
+            for cl in (False, True):
+                torch.manual_seed(0)
+                m = create_model(model)
+                if cl:
+                    m = m.to(memory_format=torch.channels_last)
+                opt = torch.optim.Adam(m.parameters(), 1e-3)
+                name = ("bf16" if dtype else "fp32") + (" + channels_last" if cl else "")
+                setups[name] = (StepRunner(m, m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=dtype,
+                                           cuda_graph=False),
+                                x0.contiguous(memory_format=torch.channels_last) if cl else x0)
+        times = dict.fromkeys(setups, 0.0)
+        for r in range(rounds + 1):         # round 0 warms up
+            for name, (step, x) in setups.items():
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    step(x, y, acc)
+                if r:
+                    times[name] += time.perf_counter() - t0
+        for name, t in times.items():
+            out.append({"model": model, "layout": name, "crop": crop, "batch": bs, "steps": rounds * steps,
+                        "images_per_s": round(rounds * steps * bs / t, 2), "x_fp32": round(times["fp32"] / t, 2),
+                        "cpu": cpu_name(), "native_bf16": native_bf16("cpu"), "threads": torch.get_num_threads(),
+                        "torch": torch.__version__})
+    return out
+
+
 def false_alarm_overhead(rounds: int = 6, steps: int = 10, crop: int = 128, bs: int = 8) -> dict:
     """The cost of ``crop_false_alarms`` per training step, as a ratio measured in one run:
     the step with the sampler's extra draws and the record of each crop's false alarms
@@ -83,6 +126,10 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     if sys.argv[1:] == ["--false-alarms"]:
         print(json.dumps(false_alarm_overhead()), flush=True)
+        raise SystemExit(0)
+    if sys.argv[1:] == ["--precisions"]:
+        for row in precision_speeds():
+            print(json.dumps(row), flush=True)
         raise SystemExit(0)
     for args in [(128, 8, False), (96, 8, False), (64, 8, False), (64, 16, False), (128, 4, False), (128, 8, True)]:
         print(json.dumps(run(*args)), flush=True)
