@@ -111,6 +111,36 @@ def test_readme_cpu_deployment_claims():
            f"{rows['onnxruntime int8 (static, QDQ)']['b1_fps']:.2f}" in text
 
 
+def test_readme_cpu_deployment_claims_without_native_bf16():
+    report = json.loads((REPO / "reports" / "bench_cpu_deploy_nobf16.json").read_text())
+    assert report["environment"]["native_bf16"] is False
+    rows = {r["path"]: r for r in report["rows"]}
+    text = " ".join(README.split())
+    ref, i8 = rows["torch fp32 (eager, the reference)"], rows["onnxruntime int8 (static, QDQ)"]
+    assert f"PyTorch fp32 eager runs at {ref['b1_fps']:.2f} FPS and the best paths are ONNX Runtime fp32 " \
+           f"({rows['onnxruntime fp32']['b1_fps']:.2f}) and int8 ({i8['b1_fps']:.2f}, {i8['b1_speedup']:.1f}x)" in text
+    assert f"({rows['torch bf16 autocast + channels_last']['b1_fps']:.2f} FPS with channels_last)" in text
+    # the best measured path is one of the two named
+    best = max(rows.values(), key=lambda r: r["b1_fps"])["path"]
+    assert best in ("onnxruntime fp32", "onnxruntime int8 (static, QDQ)"), best
+
+
+def test_training_doc_speeds_without_native_bf16_come_from_their_measurement():
+    doc = " ".join((REPO / "docs" / "training.md").read_text().split())
+    part = doc[doc.index("**A CPU without native bf16.**"):doc.index("## Data")]
+    rows = [json.loads(line) for line in
+            (REPO / "reports" / "cpu_pilots" / "train_speed_nobf16.jsonl").read_text().splitlines()]
+    assert rows and not any(r["native_bf16"] for r in rows)
+    quoted = re.findall(r"\d+\.\d\d", part)
+    for r in rows:   # every speed and its ratio to fp32 is quoted
+        assert f"{r['images_per_s']:.2f}" in quoted, r
+    cl = {r["model"]: r for r in rows if r["layout"] == "fp32 + channels_last"}
+    assert f"{cl['sgem_unet']['images_per_s']:.2f} in fp32 + channels_last ({cl['sgem_unet']['x_fp32']:.2f}x)" in part
+    hist = json.loads((REPO / "reports" / "cpu_pilots" / "nobf16_timing_history.json").read_text())
+    at256 = next(r for r in hist if r["train/crop"] == 256)
+    assert f"{at256['train/seconds']:.0f} s per epoch at 256 ({at256['train/images_per_s']:.2f} images/s)" in part
+
+
 def test_training_doc_pilot_rows_come_from_the_pilots_histories():
     doc = (REPO / "docs" / "training.md").read_text()
     for name in ("A", "B", "B_full", "D", "E", "F", "G", "H", "I", "J", "K", "L", "M", "N"):
