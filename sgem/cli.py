@@ -285,7 +285,8 @@ def _cmd_bench_deploy(args: argparse.Namespace) -> int:
 
     report = deploy_bench(args.checkpoint, args.onnx, args.onnx_int8, data=args.data, batches=args.batch,
                           warmup_s=args.warmup_s, budget_s=args.budget_s, compile=args.compile,
-                          openvino=args.openvino)
+                          openvino=args.openvino, log=lambda line: print(f"sgem bench-deploy: {line}",
+                                                                         file=sys.stderr, flush=True))
     report["command"] = args.command_line
     md = f"Command: `{args.command_line}`\n\n" + deploy_markdown(report)
     atomic_write_json(f"{args.out}.json", report)

@@ -28,7 +28,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -273,13 +273,16 @@ def _torch_runner(model: nn.Module, precision: str, channels_last: bool, compile
 def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str | Path | None, *,
                  data: str | Path | None, batches: Sequence[int] = (1, 8), size: int = 256,
                  warmup_s: float = 2.0, budget_s: float = 10.0, min_runs: int = 5,
-                 compile: bool = False, openvino: bool = False) -> dict[str, Any]:
+                 compile: bool = False, openvino: bool = False,
+                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every CPU inference path of one trained model in one table: FPS at each batch
     (forward only, random input resident in memory, the paths timed interleaved in
     rounds after a time-based warm-up, median latency) and, where ``data`` is given, the
     test split's IoU, nIoU, F1, Pd and Fa through that same path. ``compile`` adds
     ``torch.compile`` of the bf16 + channels_last path (its compilation happens during
-    the warm-up and is not in the FPS)."""
+    the warm-up and is not in the FPS). ``log`` receives one line per phase (each batch
+    size's timing, each path's accuracy pass with its duration): on a CPU where a path is
+    slow (bf16 emulated without native bf16) the whole run takes tens of minutes."""
     import time
 
     from .checkpoint import model_from_checkpoint
@@ -305,7 +308,11 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
         if native_bf16("cpu"):
             paths["openvino bf16"] = OpenVinoModel(onnx_fp32, precision="bf16")
     rows: dict[str, dict[str, Any]] = {name: {"path": name} for name in paths}
+    say = log or (lambda line: None)
+    if not native_bf16("cpu"):
+        say("this CPU has no native bf16 (AMX-BF16 or AVX512-BF16): the torch bf16 paths are emulated and slow")
     for batch in batches:
+        say(f"timing {len(paths)} paths at batch {batch} ({warmup_s} s of warm-up, then at least {budget_s} s)")
         x = (torch.rand(batch, 1, size, size) - norm["mean"]) / norm["std"]
         times: dict[str, list[float]] = {n: [] for n in paths}
         for f in paths.values():  # compilation and first-call costs stay out of the warm-up's clock
@@ -335,11 +342,14 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
         from .data import load_split
 
         _, images, masks = load_split(data, "test")
-        for n, f in paths.items():
+        for k, (n, f) in enumerate(paths.items(), 1):
+            t0 = time.perf_counter()
             probs = predict_probs(f if isinstance(f, (OnnxModel, OpenVinoModel)) else _Callable(f), images,
                                   mean=norm["mean"], std=norm["std"])
             m = evaluate_arrays(probs, masks, curves=False)
-            rows[n].update({k: m[k] for k in ("iou", "niou", "f1", "pd", "fa")})
+            rows[n].update({key: m[key] for key in ("iou", "niou", "f1", "pd", "fa")})
+            say(f"accuracy {k}/{len(paths)}, {n}: IoU {100 * m['iou']:.2f} on {len(images)} test images "
+                f"({time.perf_counter() - t0:.0f} s)")
         for r in rows.values():
             r["iou_minus_reference"] = r["iou"] - ref["iou"]
     env = environment_info("cpu") | {"native_bf16": native_bf16("cpu"), "onnxruntime": _ort().__version__}

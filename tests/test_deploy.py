@@ -137,3 +137,21 @@ def test_openvino_backend_matches_pytorch(trained, capsys):
     assert abs(a["iou"] - b["iou"]) < 0.05
     with pytest.raises(ValueError, match="multiples of 16"):
         fp32(torch.zeros(1, 1, 50, 64))
+
+
+def test_bench_deploy_reports_each_phase_as_it_goes(trained, tmp_path, capsys, monkeypatch):
+    """A run that takes tens of minutes on a slow CPU says what it is doing: one line per batch
+    size timed and per path scored (and that bf16 is emulated where the CPU lacks it)."""
+    import sgem.device as D
+
+    root, ckpt = trained
+    monkeypatch.setattr(D, "_cpu_flags", lambda: {"avx2"})
+    assert main(["bench-deploy", "--checkpoint", str(ckpt), "--onnx", str(root / "m.onnx"), "--data",
+                 str(root / "data"), "--batch", "1", "--warmup-s", "0", "--budget-s", "0",
+                 "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert "sgem bench-deploy: this CPU has no native bf16" in err
+    assert "sgem bench-deploy: timing 5 paths at batch 1" in err
+    for k, r in enumerate(rows, 1):   # every path's accuracy pass, numbered, with the IoU it wrote
+        assert f"sgem bench-deploy: accuracy {k}/{len(rows)}, {r['path']}: IoU {100 * r['iou']:.2f}" in err
