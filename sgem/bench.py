@@ -28,7 +28,7 @@ from torch import nn
 
 from .io import atomic_write_json, atomic_write_text
 from .models import create_model, list_models
-from .profiling import PRECISIONS, count_params, environment_info, latency_stats, resolve_device
+from .profiling import PRECISIONS, count_params, cpu_description, environment_info, latency_stats, resolve_device
 
 REFERENCE = "sgem_unet"
 
@@ -173,7 +173,7 @@ def sgem_speedups(report: dict[str, Any]) -> list[str]:
 
 def to_markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
-    where = env.get("gpu") or f"{env['cpu']}, {env['torch_threads']} threads"
+    where = env.get("gpu") or f"{cpu_description(env)}, {env['torch_threads']} threads"
     head = (f"Speed of every registered model on {report['device']} ({where}); torch {env['torch']}, "
             f"CUDA {env['cuda']}. Input {'x'.join(map(str, report['input']))} per image. "
             f"Protocol: {report['protocol']}\n\n")

@@ -377,10 +377,13 @@ class _Callable:
 
 
 def deploy_markdown(report: dict[str, Any]) -> str:
+    from .profiling import cpu_description
+
     env = report["environment"]
     bs = report["batches"]
     head = (f"One trained `sgem_unet` ({report['checkpoint']}) through every CPU inference path, measured "
-            f"in one run on {env['cpu']} ({env['torch_threads']} threads; native bf16: {env['native_bf16']}), "
+            f"in one run on {cpu_description(env)} ({env['torch_threads']} threads; native bf16: "
+            f"{env['native_bf16']}), "
             f"torch {env['torch']}, ONNX Runtime {env['onnxruntime']}"
             f"{', OpenVINO ' + env['openvino'] if 'openvino' in env else ''}. Speed: forward only, input "
             f"Bx1x{report['size']}x{report['size']} in memory, the paths interleaved in rounds after "

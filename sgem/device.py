@@ -41,22 +41,43 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-def cpu_name() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in ``/proc/cpuinfo`` (Linux; empty elsewhere)."""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+                if not line.strip():
+                    break                       # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+# the instruction sets that decide which inference and training paths are fast on a CPU
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8")
+
+
+def cpu_details() -> dict[str, object]:
+    """What a CPU speed figure must carry beyond the name, which is often generic ('Intel(R)
+    Xeon(R) Processor' under a hypervisor covers CPUs with and without AMX): family and model
+    numbers, the speed-relevant instruction sets the operating system exposes (a virtual
+    machine may hide some the hardware has), whether bf16 is native, and the vector code
+    path PyTorch dispatches to."""
+    fields, flags = _cpuinfo(), _cpu_flags()
+    return {"cpu_family_model": f"{fields['cpu family']}/{fields['model']}" if "cpu family" in fields and
+            "model" in fields else None,
+            "cpu_isa": [f for f in ISA_FLAGS if f in flags],
+            "cpu_native_bf16": native_bf16("cpu"),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def _cpu_flags() -> set[str]:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    return set()
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def native_bf16(device: torch.device | str) -> bool:
@@ -80,4 +101,4 @@ def resolve_precision(precision: str, device: torch.device | str) -> tuple[str, 
     return ("bf16", True) if native_bf16(device) else ("fp32", device.type == "cpu")
 
 
-__all__ = ["PRECISION_CHOICES", "cpu_name", "native_bf16", "resolve_device", "resolve_precision"]
+__all__ = ["PRECISION_CHOICES", "cpu_details", "cpu_name", "native_bf16", "resolve_device", "resolve_precision"]

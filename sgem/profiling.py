@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import cpu_name, resolve_device  # noqa: F401  (re-exported)
+from .device import cpu_details, cpu_name, resolve_device  # noqa: F401  (re-exported)
 from .models import create_model
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,6 +149,15 @@ def measure_latency(model: nn.Module, x: torch.Tensor, *, warmup: int = 10, runs
     return {**latency_stats(times), "runs": runs, "warmup": warmup}
 
 
+def cpu_description(env: dict[str, Any]) -> str:
+    """The CPU as a report names it: its name, then family/model and the speed-relevant
+    instruction sets where ``env`` (from :func:`environment_info`) records them."""
+    extra = [f"family/model {env['cpu_family_model']}"] if env.get("cpu_family_model") else []
+    if env.get("cpu_isa"):
+        extra.append(" ".join(env["cpu_isa"]).upper())
+    return f"{env['cpu']} ({'; '.join(extra)})" if extra else env["cpu"]
+
+
 def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
     """Device, library versions and thread count: what a speed figure must carry."""
     device = torch.device(device)
@@ -159,6 +168,7 @@ def environment_info(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "python": platform.python_version(),
         "cpu": cpu_name(),
+        **cpu_details(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
     }
@@ -235,7 +245,7 @@ def profile_model(
 def format_profile(r: dict[str, Any]) -> str:
     """Human-readable summary of :func:`profile_model`'s result."""
     env = r["environment"]
-    where = env.get("gpu") or env["cpu"]
+    where = env.get("gpu") or cpu_description(env)
     lines = [
         f"model            {r['model']}  input {'x'.join(map(str, r['input_shape']))}",
         f"params           {r['params_m']:.3f} M",
@@ -255,5 +265,5 @@ def format_profile(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["count_flops_torch", "count_macs", "count_params", "environment_info", "format_profile",
+__all__ = ["count_flops_torch", "cpu_description", "count_macs", "count_params", "environment_info", "format_profile",
            "measure_latency", "profile_model"]

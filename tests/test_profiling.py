@@ -127,3 +127,22 @@ def test_bench_times_without_ptflops(monkeypatch):
     r = bench(["acm"], device="cpu", batches=[1], size=32, runs=1, warmup=0)
     assert r["results"][0]["macs_module"] is None and r["results"][0]["fps"] > 0
     assert "| acm | 1 | fp32 |" in to_markdown(r)
+
+
+def test_speed_reports_name_the_cpu_beyond_its_often_generic_name(monkeypatch):
+    """'Intel(R) Xeon(R) Processor' covers CPUs with and without AMX: every environment record
+    carries family/model, the exposed instruction sets and whether bf16 is native."""
+    import sgem.device as D
+    from sgem.profiling import cpu_description, environment_info
+
+    monkeypatch.setattr(D, "_cpuinfo", lambda: {"model name": "Intel(R) Xeon(R) Processor", "cpu family": "6",
+                                                 "model": "207", "flags": "fpu avx2 avx512f amx_bf16 amx_tile"})
+    env = environment_info("cpu")
+    assert env["cpu"] == "Intel(R) Xeon(R) Processor" and env["cpu_family_model"] == "6/207"
+    assert env["cpu_isa"] == ["avx2", "avx512f", "amx_bf16"] and env["cpu_native_bf16"] is True
+    assert cpu_description(env) == "Intel(R) Xeon(R) Processor (family/model 6/207; AVX2 AVX512F AMX_BF16)"
+    monkeypatch.setattr(D, "_cpuinfo", lambda: {"model name": "Intel(R) Xeon(R) Processor", "flags": "avx2"})
+    env = environment_info("cpu")
+    assert env["cpu_native_bf16"] is False and cpu_description(env) == "Intel(R) Xeon(R) Processor (AVX2)"
+    # records written before these fields existed still read
+    assert cpu_description({"cpu": "AMD EPYC", "torch_threads": 2}) == "AMD EPYC"
