@@ -13,8 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution name (pip) and conda-forge name, where they differ
-PIP_NAME = {"PIL": "pillow", "yaml": "pyyaml"}
-CONDA_NAME = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml"}
+PIP_NAME = {"PIL": "pillow", "yaml": "pyyaml", "zmq": "pyzmq"}
+CONDA_NAME = {"torch": "pytorch", "PIL": "pillow", "yaml": "pyyaml", "zmq": "pyzmq"}
 
 
 def _imports(source: str) -> set[str]:

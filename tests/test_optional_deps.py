@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent('''
     for name in sys.argv[1].split(","):
         sys.modules[name] = None  # `import name` now fails as if it were not installed
     import sgem
-    skipped = {"sgem.plots"}  # figures: the [plots] extra
+    skipped = {"sgem.plots", "sgem._papermill"}  # figures: the [plots] extra; papermill's engine plugin
     for m in pkgutil.walk_packages(sgem.__path__, "sgem."):
         if m.name not in skipped and m.name != "sgem.__main__":
             importlib.import_module(m.name)

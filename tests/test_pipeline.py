@@ -194,3 +194,25 @@ def test_runs_comparison_draws_each_run_and_its_last_test_metrics(tmp_path):
     assert len(heights) == 12 and heights[0] == 50.0 and heights[-1] == 99.0
     plots.save(fig, tmp_path / "cmp.png")
     assert (tmp_path / "cmp.png").stat().st_size > 0
+
+
+def test_stages_run_notebooks_with_an_encrypted_kernel_connection(tmp_path):
+    """papermill starts its kernel over local TCP in plain text, and ipykernel warns about it
+    at every stage; the stages use the `sgem` engine (sgem/_papermill.py), which has
+    jupyter_client provision CurveZMQ keys, so the kernel starts encrypted and silent."""
+    pytest.importorskip("papermill")
+    from sgem._papermill import _can_encrypt
+
+    if not _can_encrypt():
+        pytest.skip("pyzmq without CurveZMQ, or a jupyter_client without transport_encryption")
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    commands = [s["do"]["cmd"] for s in stages.values() if "papermill" in str(s.get("do", {}).get("cmd", ""))]
+    assert commands and all("papermill --engine sgem " in c for c in commands)
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {},
+          "cells": [{"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": None, "outputs": [],
+                     "source": "print(6 * 7)"}]}
+    (tmp_path / "in.ipynb").write_text(json.dumps(nb))
+    out = _run([sys.executable, "-m", "papermill", "--engine", "sgem", "--no-progress-bar", "-k", "python3",
+                "in.ipynb", "out.ipynb"], tmp_path, timeout=300)
+    assert "without encryption" not in out and "WARNING" not in out, out[-2000:]
+    assert json.loads((tmp_path / "out.ipynb").read_text())["cells"][0]["outputs"][0]["text"] in ("42\n", ["42\n"])
