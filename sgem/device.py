@@ -3,7 +3,7 @@ training, evaluation, prediction and profiling.
 
 ``precision="auto"`` means bf16 autocast with channels_last where the device computes
 bf16 natively; elsewhere fp32, with channels_last on a CPU (oneDNN's convolutions are
-faster in that layout in fp32 too: 1.15x for a training step of sgem_unet at 128x128,
+faster in that layout in fp32 too: 1.15-1.19x for a training step of sgem_unet at 128x128,
 batch 8, and 1.29x for batch-1 inference on a Xeon without native bf16; 1.17x batch-1 on one
 with AMX; docs/training.md, reports/bench_cpu_deploy*.md) and without it on a CUDA device (no
 bf16 there means no tensor-core layout to gain):

@@ -46,9 +46,10 @@ def _model_and_runner(model: str = "sgem_unet", compile_: bool = False, **runner
 
 
 def precision_speeds(rounds: int = 3, steps: int = 4, crop: int = 128, bs: int = 8,
-                     models: tuple[str, ...] = ("sgem_unet", "unet")) -> list[dict]:
+                     models: tuple[str, ...] = ("sgem_unet", "unet"), compile_: bool = True) -> list[dict]:
     """Training-step speed in the four CPU layouts (fp32 and bf16 autocast, each with and
-    without channels_last), per model, alternated ``rounds`` times (``steps`` steps each,
+    without channels_last), and with ``compile_`` the fp32 + channels_last step under
+    ``torch.compile``, per model, alternated ``rounds`` times (``steps`` steps each,
     after one warm-up round) so that a machine's drift reaches all four alike; images/s and
     the ratio to fp32. Which layout ``precision: auto`` picks depends on whether the CPU
     computes bf16 natively (printed with its name): without it, bf16 is emulated."""
@@ -71,6 +72,13 @@ def precision_speeds(rounds: int = 3, steps: int = 4, crop: int = 128, bs: int =
                 setups[name] = (StepRunner(m, m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=dtype,
                                            cuda_graph=False),
                                 x0.contiguous(memory_format=torch.channels_last) if cl else x0)
+        if compile_:   # the fp32 + channels_last step under torch.compile (compiled in the warm-up round)
+            torch.manual_seed(0)
+            m = create_model(model).to(memory_format=torch.channels_last)
+            opt = torch.optim.Adam(m.parameters(), 1e-3)
+            setups["fp32 + channels_last + torch.compile"] = (
+                StepRunner(torch.compile(m), m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=None,
+                           cuda_graph=False), x0.contiguous(memory_format=torch.channels_last))
         times = dict.fromkeys(setups, 0.0)
         for r in range(rounds + 1):         # round 0 warms up
             for name, (step, x) in setups.items():
