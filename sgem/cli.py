@@ -273,7 +273,8 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     chosen = sorted(int(i) for i in order)
     note = {"data": str(args.data), "split": args.split, "count": len(chosen), "seed": args.seed,
             "stems": [stems[i] for i in chosen]}
-    result = quantize_int8(args.onnx, args.out, [images[i] for i in chosen], calibration_note=note)
+    result = quantize_int8(args.onnx, args.out, [images[i] for i in chosen], calibration_note=note,
+                           activations=args.activations)
     print(json.dumps({k: v for k, v in result.items() if k != "calibration"} |
                      {"calibration": {k: v for k, v in note.items() if k != "stems"}}, indent=2))
     return 0
@@ -516,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="calibration split (default train; test is refused)")
     p.add_argument("--calibration", type=int, default=64, help="calibration images (default 64)")
     p.add_argument("--seed", type=int, default=0, help="which images (seeded draw; recorded)")
+    p.add_argument("--activations", choices=["uint8", "int8"], default="uint8",
+                   help="activation type (weights are int8 per channel): uint8 (default, U8S8: ONNX Runtime's "
+                        "fast x86 kernels) or int8 (S8S8)")
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("import-checkpoint", help="convert another toolbox's checkpoint into an sgem checkpoint",

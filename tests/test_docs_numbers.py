@@ -125,6 +125,18 @@ def test_readme_cpu_deployment_claims_without_native_bf16():
     assert best in ("onnxruntime fp32", "onnxruntime int8 (static, QDQ)"), best
 
 
+def test_readme_u8s8_claims_come_from_their_bench_and_evaluation():
+    report = json.loads((REPO / "reports" / "bench_cpu_deploy_nobf16_u8s8.json").read_text())
+    acc = json.loads((REPO / "reports" / "bench_cpu_deploy_nobf16_u8s8_accuracy.json").read_text())
+    assert acc["checkpoint"]["onnx_precision"] == "int8" and acc["split"] == "test"
+    i8 = next(r for r in report["rows"] if r["path"] == "onnxruntime int8 (static, QDQ)")
+    text = " ".join(README.split())
+    assert f"int8 runs there at {i8['b1_fps']:.2f} FPS, **{i8['b1_speedup']:.1f}x fp32 eager** " \
+           f"({i8['b8_speedup']:.1f}x at batch 8), test IoU {100 * acc['iou']:.2f}" in text
+    md = " ".join((REPO / "reports" / "bench_cpu_deploy_nobf16_u8s8.md").read_text().split())
+    assert f"Test IoU of the U8S8 model: {100 * acc['iou']:.2f}" in md
+
+
 def test_training_doc_speeds_without_native_bf16_come_from_their_measurement():
     doc = " ".join((REPO / "docs" / "training.md").read_text().split())
     part = doc[doc.index("**A CPU without native bf16.**"):doc.index("## Data")]
