@@ -213,8 +213,9 @@ def quantize_int8(src: str | Path, out: str | Path, calibration: Sequence[np.nda
     (grey training images in [0, 1]); ``calibration_note`` (split, stems, count) and the
     activation type are recorded in the output's metadata. Weights are signed int8 per
     channel; ``activations`` is ``uint8`` (asymmetric, U8S8: what ONNX Runtime's x86
-    kernels compute fastest; on a Xeon with AVX512-VNNI sgem_unet ran at 1.8x its fp32 FPS
-    this way and at 1.0x with ``int8`` activations, reports/bench_cpu_deploy_nobf16.md) or
+    kernels compute fastest; on a Xeon with AVX512-VNNI sgem_unet ran at 1.53x ONNX Runtime
+    fp32's FPS this way and at 1.0x with ``int8`` activations,
+    reports/bench_cpu_deploy_nobf16*.md) or
     ``int8`` (S8S8, ONNX Runtime's own default, the choice before this option). On an x86 CPU
     without VNNI, U8S8 products can saturate: check the accuracy there (`sgem evaluate
     --backend onnxruntime`)."""
@@ -306,6 +307,7 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
 
     model, state = model_from_checkpoint(checkpoint)
     norm = state["normalization"]
+    native = native_bf16("cpu")
     paths: dict[str, Any] = {
         "torch fp32 (eager, the reference)": _torch_runner(model, "fp32", False),
         "torch fp32 + channels_last": _torch_runner(model, "fp32", True),
@@ -319,11 +321,11 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
         paths["onnxruntime int8 (static, QDQ)"] = OnnxModel(onnx_int8)
     if openvino:
         paths["openvino fp32"] = OpenVinoModel(onnx_fp32, precision="fp32")
-        if native_bf16("cpu"):
+        if native:
             paths["openvino bf16"] = OpenVinoModel(onnx_fp32, precision="bf16")
     rows: dict[str, dict[str, Any]] = {name: {"path": name} for name in paths}
     say = log or (lambda line: None)
-    if not native_bf16("cpu"):
+    if not native:
         say("this CPU has no native bf16 (AMX-BF16 or AVX512-BF16): the torch bf16 paths are emulated and slow")
     for batch in batches:
         say(f"timing {len(paths)} paths at batch {batch} ({warmup_s} s of warm-up, then at least {budget_s} s)")
@@ -366,7 +368,7 @@ def deploy_bench(checkpoint: str | Path, onnx_fp32: str | Path, onnx_int8: str |
                 f"({time.perf_counter() - t0:.0f} s)")
         for r in rows.values():
             r["iou_minus_reference"] = r["iou"] - ref["iou"]
-    env = environment_info("cpu") | {"native_bf16": native_bf16("cpu"), "onnxruntime": _ort().__version__}
+    env = environment_info("cpu") | {"native_bf16": native, "onnxruntime": _ort().__version__}
     if openvino:
         env["openvino"] = require("openvino", "the OpenVINO backend").__version__
     return {"checkpoint": str(checkpoint), "onnx_fp32": str(onnx_fp32), "onnx_int8": str(onnx_int8),

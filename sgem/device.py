@@ -18,6 +18,7 @@ bf16 there means no tensor-core layout to gain):
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 
 import torch
@@ -41,8 +42,10 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+@functools.lru_cache(maxsize=1)
 def _cpuinfo() -> dict[str, str]:
-    """The first processor's fields in ``/proc/cpuinfo`` (Linux; empty elsewhere)."""
+    """The first processor's fields in ``/proc/cpuinfo`` (Linux; empty elsewhere), read once
+    per process."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         with open("/proc/cpuinfo") as fh:

@@ -36,13 +36,17 @@ def run(crop: int, bs: int, compile_: bool, steps: int = 12, warm: int = 3, mode
             "images_per_s": round(steps * bs / (time.perf_counter() - t0), 2), "warmup_s": round(warm_s, 1)}
 
 
-def _model_and_runner(model: str = "sgem_unet", compile_: bool = False, **runner_kw) -> tuple:
-    """A seeded model in channels_last and the step `sgem train` runs on it (bf16, Adam 1e-3)."""
+def _model_and_runner(model: str = "sgem_unet", compile_: bool = False, *, dtype: torch.dtype | None = torch.bfloat16,
+                      channels_last: bool = True, **runner_kw) -> tuple:
+    """A seeded model and the step `sgem train` runs on it (Adam 1e-3; by default bf16
+    autocast in channels_last, the `cpu` profile's layout on a CPU with native bf16)."""
     torch.manual_seed(0)
-    m = create_model(model).to(memory_format=torch.channels_last)
+    m = create_model(model)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(m.parameters(), 1e-3)
     return m, StepRunner(torch.compile(m) if compile_ else m, m, SoftIoULoss(), opt, device=torch.device("cpu"),
-                         autocast_dtype=torch.bfloat16, cuda_graph=False, **runner_kw)
+                         autocast_dtype=dtype, cuda_graph=False, **runner_kw)
 
 
 def precision_speeds(rounds: int = 3, steps: int = 4, crop: int = 128, bs: int = 8,
@@ -57,28 +61,17 @@ def precision_speeds(rounds: int = 3, steps: int = 4, crop: int = 128, bs: int =
 
     out = []
     x0 = torch.randn(bs, 1, crop, crop)
+    x_cl = x0.contiguous(memory_format=torch.channels_last)
     y = (torch.rand(bs, 1, crop, crop) > 0.99).float()
     acc = torch.zeros(())
     for model in models:
-        setups = {}
-        for dtype in (None, torch.bfloat16):
-            for cl in (False, True):
-                torch.manual_seed(0)
-                m = create_model(model)
-                if cl:
-                    m = m.to(memory_format=torch.channels_last)
-                opt = torch.optim.Adam(m.parameters(), 1e-3)
-                name = ("bf16" if dtype else "fp32") + (" + channels_last" if cl else "")
-                setups[name] = (StepRunner(m, m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=dtype,
-                                           cuda_graph=False),
-                                x0.contiguous(memory_format=torch.channels_last) if cl else x0)
+        layouts = [(dtype, cl, False) for dtype in (None, torch.bfloat16) for cl in (False, True)]
         if compile_:   # the fp32 + channels_last step under torch.compile (compiled in the warm-up round)
-            torch.manual_seed(0)
-            m = create_model(model).to(memory_format=torch.channels_last)
-            opt = torch.optim.Adam(m.parameters(), 1e-3)
-            setups["fp32 + channels_last + torch.compile"] = (
-                StepRunner(torch.compile(m), m, SoftIoULoss(), opt, device=torch.device("cpu"), autocast_dtype=None,
-                           cuda_graph=False), x0.contiguous(memory_format=torch.channels_last))
+            layouts.append((None, True, True))
+        setups = {}
+        for dtype, cl, comp in layouts:
+            name = " + ".join(["bf16" if dtype else "fp32"] + ["channels_last"] * cl + ["torch.compile"] * comp)
+            setups[name] = (_model_and_runner(model, comp, dtype=dtype, channels_last=cl)[1], x_cl if cl else x0)
         times = dict.fromkeys(setups, 0.0)
         for r in range(rounds + 1):         # round 0 warms up
             for name, (step, x) in setups.items():
