@@ -89,6 +89,8 @@ class TrainConfig:
     warmup_epochs: int = 0           # linear warm-up from lr/10 to lr, then the scheduler over the rest
     ema_decay: float = 0.0           # > 0: evaluate and export an exponential moving average of the weights
     grad_clip: float = 0.0           # > 0: clip the gradients' global norm to this before each step
+    grad_clip_epochs: int = 0        # > 0: grad_clip applies in the first N epochs only, grad_clip_late after
+    grad_clip_late: float = 0.0      # the clipping limit after grad_clip_epochs (0: none; the norms still logged)
     bn_recalibrate: bool = False     # at the end: BatchNorm statistics recomputed on the full-size train images
     augment: str = "flip"            # flip (h/v flips and transpose) | none
     loss_smooth: float = 1.0
@@ -133,6 +135,14 @@ class TrainConfig:
             bad("crop_false_alarms", "a probability in [0, 1] (0: no crops placed over false alarms)")
         if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
             bad("grad_clip", "a number >= 0 (0: no clipping)")
+        if not (isinstance(self.grad_clip_epochs, int) and 0 <= self.grad_clip_epochs < self.epochs):
+            bad("grad_clip_epochs", f"an integer >= 0 and below epochs ({self.epochs}) (0: grad_clip in every epoch)")
+        if self.grad_clip_epochs and not self.grad_clip > 0:
+            bad("grad_clip_epochs", "0 unless grad_clip > 0 (it says for how many epochs grad_clip applies)")
+        if not (math.isfinite(self.grad_clip_late) and self.grad_clip_late >= 0):
+            bad("grad_clip_late", "a number >= 0 (0: no clipping after grad_clip_epochs)")
+        if self.grad_clip_late and not self.grad_clip_epochs:
+            bad("grad_clip_late", "0 unless grad_clip_epochs > 0 (the limit after those epochs)")
         if not 0.0 <= self.ema_decay < 1.0:
             bad("ema_decay", "a number in [0, 1) (0: no averaging)")
         if not self.lr > 0:
@@ -983,6 +993,7 @@ class Trainer:
         mine = perm[self.rank::self.world].tolist()
         loss_sum = torch.zeros((), device=self.device)
         crop = self.crop_for(epoch)
+        self.runner.grad_clip = self.clip_for(epoch)
         for s in range(self.steps):
             idx = mine[s * self.bsz:(s + 1) * self.bsz]
             x, y = data.batch(idx, crop, gen, cfg.augment, pad_value=self.mean, crop_targets=cfg.crop_targets,
@@ -1024,6 +1035,16 @@ class Trainer:
         if cfg.final_crop_size and cfg.final_epochs and epoch >= cfg.epochs - cfg.final_epochs:
             return cfg.final_crop_size
         return cfg.crop_size
+
+    def clip_for(self, epoch: int) -> float:
+        """The gradient-norm limit of (0-based) ``epoch``: ``grad_clip`` in the first
+        ``grad_clip_epochs`` epochs (every epoch when 0), ``grad_clip_late`` after them;
+        after them with no limit (``grad_clip_late`` 0) the norms are still measured and
+        logged (an infinite limit clips nothing)."""
+        cfg = self.cfg
+        if not cfg.grad_clip_epochs or epoch < cfg.grad_clip_epochs:
+            return cfg.grad_clip
+        return cfg.grad_clip_late or math.inf
 
     @property
     def eval_model(self) -> nn.Module:

@@ -478,6 +478,30 @@ def test_grad_clip_bounds_each_step_and_logs_the_norms(tiny_data, tmp_path):
     assert "train/grad_norm_mean" not in json.loads((tmp_path / "free" / "history.json").read_text())[-1]
 
 
+def test_grad_clip_epochs_limits_the_clipping_to_the_first_epochs(tiny_data, tmp_path):
+    """grad_clip_epochs: grad_clip cuts every step of the first N epochs only; after them
+    the limit is grad_clip_late, and with none the norms are still logged, nothing clipped."""
+    common = dict(epochs=3, optimizer="sgd", momentum=0.0, scheduler="constant", lr=0.5, grad_clip=1e-4)
+    train(tiny_cfg(tiny_data, tmp_path / "free", **common, grad_clip_epochs=2))
+    rows = json.loads((tmp_path / "free" / "history.json").read_text())
+    assert [r["train/clipped_share"] for r in rows] == [1.0, 1.0, 0.0]
+    assert rows[2]["train/grad_norm_mean"] > 1e-4
+    train(tiny_cfg(tiny_data, tmp_path / "late", **common, grad_clip_epochs=1, grad_clip_late=1e-5))
+    rows = json.loads((tmp_path / "late" / "history.json").read_text())
+    assert [r["train/clipped_share"] for r in rows] == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(grad_clip=1.0, grad_clip_epochs=4), r"grad_clip_epochs=4; expected an integer >= 0 and below epochs \(4\)"),
+    (dict(grad_clip_epochs=2), r"grad_clip_epochs=2; expected 0 unless grad_clip > 0"),
+    (dict(grad_clip=1.0, grad_clip_epochs=2, grad_clip_late=float("nan")), r"grad_clip_late=nan; expected a number"),
+    (dict(grad_clip=1.0, grad_clip_late=10.0), r"grad_clip_late=10.0; expected 0 unless grad_clip_epochs > 0"),
+])
+def test_grad_clip_epochs_and_late_are_checked(kw, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data_root="x", epochs=4, **kw).validate()
+
+
 @pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
 def test_grad_clip_must_be_a_finite_number_at_least_0(value):
     with pytest.raises(ValueError, match=r"grad_clip=.*; expected a number >= 0 \(0: no clipping\)"):
