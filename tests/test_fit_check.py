@@ -21,9 +21,12 @@ def test_fit_check_agrees_with_evaluate_and_scores_both_weight_sets(tmp_path):
                     "--precision", "auto", "--no-curves", "--out", str(ev)], cwd=REPO, check=True, capture_output=True)
     out = tmp_path / "fit.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    png = tmp_path / "worst.png"
     r = subprocess.run([sys.executable, "tools/fit_check.py", str(run / "checkpoint.pt"), str(data), "--every", "1",
-                        "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True)
+                        "--out", str(out), "--show", "2", "--show-out", str(png)],
+                       cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in r.stdout
     fit = json.loads(out.read_text())
     assert fit["images"] == len((data / "train.txt").read_text().split())
     assert set(fit["weights"]) == {"model", "train_model"}
@@ -39,6 +42,15 @@ def test_fit_check_names_a_missing_checkpoint(tmp_path):
     r = subprocess.run([sys.executable, "tools/fit_check.py", str(tmp_path / "none.pt"), str(tmp_path)], cwd=REPO,
                        env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "none.pt: not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fit_check_show_needs_its_output_file(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for extra in (["--show", "3"], ["--show-out", str(tmp_path / "w.png")]):
+        r = subprocess.run([sys.executable, "tools/fit_check.py", str(tmp_path), str(tmp_path), *extra], cwd=REPO,
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 2 and "--show K (K >= 1) and --show-out PNG go together" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
 
 
 def test_fit_check_counts_false_alarms_per_image_at_threshold_half(monkeypatch):

@@ -1,7 +1,7 @@
 """How well a trained checkpoint fits its own training images, image by image.
 
     PYTHONPATH=. python tools/fit_check.py CHECKPOINT DATA_ROOT [--every 3] [--split train] [--tile 0]
-        [--bn-recalibrate] [--out FILE]
+        [--bn-recalibrate] [--out FILE] [--show K --show-out PNG]
 
 Scores both weight sets a checkpoint holds (``model``: what evaluate and export use, the
 EMA average with recalibrated BatchNorm where the protocol has them; ``train_model``: the
@@ -11,6 +11,9 @@ split, so the test split is never read), at full size, bf16 autocast + channels_
 JSON) the pooled IoU and, per weight set, the images with the most false-alarm pixels.
 ``--bn-recalibrate`` scores each weight set a second time after recomputing its BatchNorm
 statistics on every full-size image of the split (what training's ``bn_recalibrate`` does).
+``--show K --show-out PNG`` draws the K images with the most false-alarm pixels under the
+``model`` weights (image, ground truth, prediction with its false alarms circled in red), to
+see what the network fires on.
 
 Why: a model can fail on a small group of training scenes (thousands of false-alarm
 pixels on a few cluttered images) while its validation IoU, on a split with few or none
@@ -79,6 +82,23 @@ def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: i
     return out
 
 
+def worst_figure(checkpoint: str, data_root: str, stems: list[str], *, split: str = "train", tile: int = 0,
+                 title: str = ""):
+    """The qualitative grid (``sgem.plots.qualitative_grid``) of ``stems`` under the
+    checkpoint's ``model`` weights, predicted as ``fit_check`` predicts them."""
+    from sgem.plots import qualitative_grid
+
+    state = load_checkpoint(checkpoint)
+    all_stems, all_images, all_masks = load_split(data_root, split)
+    idx = [all_stems.index(s) for s in stems]
+    images, masks = [all_images[i] for i in idx], [all_masks[i] for i in idx]
+    precision, channels_last = resolve_precision("auto", torch.device("cpu"))
+    model, _ = model_from_checkpoint(state)
+    probs = predict_probs(model, images, mean=state["normalization"]["mean"], std=state["normalization"]["std"],
+                          precision=precision, channels_last=channels_last, tile=tile)
+    return qualitative_grid(images, masks, probs, stems, title=title)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1].strip())
     ap.add_argument("checkpoint")
@@ -89,9 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bn-recalibrate", action="store_true",
                     help="also score each weight set with BatchNorm statistics recomputed on every image of the split")
     ap.add_argument("--out")
+    ap.add_argument("--show", type=int, default=0,
+                    help="draw the K images with the most false-alarm pixels (model weights) to --show-out")
+    ap.add_argument("--show-out", help="PNG file for --show")
     a = ap.parse_args(argv)
     if a.every < 1:
         ap.error(f"--every must be at least 1, got {a.every}")
+    if a.show < 0 or (a.show > 0) != bool(a.show_out):
+        ap.error(f"--show K (K >= 1) and --show-out PNG go together, got --show {a.show} --show-out {a.show_out}")
     for p in (a.checkpoint, a.data_root):
         if not os.path.exists(p):
             print(f"fit_check: {p}: not found", file=sys.stderr)
@@ -106,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{w['images_over_100_false_alarm_pixels']} images over 100; worst {w['worst'][:5]}")
     if a.out:
         atomic_write_json(a.out, r)
+    if a.show:
+        from sgem.plots import save
+
+        worst = r["weights"]["model"]["worst"][:a.show]
+        fig = worst_figure(a.checkpoint, a.data_root, [s for s, _ in worst], split=a.split, tile=a.tile,
+                           title=f"{a.checkpoint}: the {len(worst)} {a.split} images with the most false-alarm pixels")
+        save(fig, a.show_out)
+        print(f"fit_check: wrote {a.show_out}")
     return 0
 
 
