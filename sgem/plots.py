@@ -105,13 +105,13 @@ def runs_comparison(runs: dict[str, Sequence[dict[str, Any]]], title: str,
         vals = [100 * last[f"test/{m}"] for m in metrics]
         shown += vals
         bars = b.bar(xs, vals, width, label=f"{name}: epoch {last['epoch']}")
-        b.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
+        b.bar_label(bars, fmt="%.2f", fontsize=7, padding=1, rotation=90 if len(runs) > 2 else 0)
     a.set_yscale("log")
     a.set(xlabel="epoch", ylabel="SoftIoU loss (train, log)", title="training loss")
-    a.legend()
+    a.legend(fontsize=8)
     names = {"iou": "IoU", "niou": "nIoU", "f1": "F1", "pd": "Pd", "precision": "precision", "recall": "recall"}
     b.set_xticks(np.arange(len(metrics)), [names.get(m, m) for m in metrics])
-    b.set(ylabel="%", title="test split, last epoch", ylim=(max(0, min(shown, default=0) - 10), 101))
+    b.set(ylabel="%", title="test split, last epoch", ylim=(max(0, min(shown, default=0) - 10), 104))
     b.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=max(1, len(runs)))
     fig.suptitle(title)
     fig.tight_layout()

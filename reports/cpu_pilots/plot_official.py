@@ -1,0 +1,13 @@
+"""Training loss and last-epoch test metrics of the official-split sgem_unet runs of protocols B
+(the profile), O and L, side by side (O and L were not adopted: README.md beside this file).
+
+    PYTHONPATH=. python reports/cpu_pilots/plot_official.py
+"""
+import json
+from sgem.plots import runs_comparison, save
+load = lambda p: json.load(open(p))
+runs = {"B (the profile), seed 0": load("reports/cpu/train/history.json"),
+        "O: clipped in epochs 1-75, seed 0": load("reports/cpu_pilots/O_official/sgem_unet_s0_history.json"),
+        "L: clipped throughout, 130 epochs, seed 0": load("reports/cpu_pilots/L_official/sgem_unet_s0_history.json")}
+save(runs_comparison(runs, "sgem_unet on the NUDT-SIRST official split, cpu protocols B, O and L (O and L not adopted)"),
+     "reports/cpu_pilots/O_official/B_O_L_sgem_unet_s0.png")
