@@ -39,23 +39,27 @@ from sgem.train import recalibrate_batchnorm
 
 
 def _score(model, images, masks, stems, *, norm: dict, precision: str, channels_last: bool, tile: int,
-           top: int) -> dict:
+           top: int) -> tuple[dict, list[np.ndarray], np.ndarray]:
+    """The summary, the probability maps and the images' order, most false-alarm pixels first."""
     probs = predict_probs(model, images, mean=norm["mean"], std=norm["std"], precision=precision,
                           channels_last=channels_last, tile=tile)
     # the pooled IoU exactly as `sgem evaluate` computes it; the false alarms per image beside it
     iou = evaluate_arrays(probs, masks, curves=False)["iou"]
     fa = [int(((p > 0.5) & ~m).sum()) for p, m in zip(probs, masks)]
-    order = np.argsort(-np.asarray(fa), kind="stable")[:top]
+    order = np.argsort(-np.asarray(fa), kind="stable")
     return {"iou": iou, "false_alarm_pixels": int(sum(fa)),
             "images_over_100_false_alarm_pixels": int(sum(f > 100 for f in fa)),
-            "worst": [[stems[i], fa[i]] for i in order]}
+            "worst": [[stems[i], fa[i]] for i in order[:top]]}, probs, order
 
 
 def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: int = 3, tile: int = 0,
-              top: int = 8, bn_recalibrate: bool = False) -> dict:
+              top: int = 8, bn_recalibrate: bool = False, show: int = 0, show_out: str | None = None) -> dict:
     """``bn_recalibrate``: also score each weight set after recomputing its BatchNorm
     statistics (``sgem.train.recalibrate_batchnorm``, what training's ``bn_recalibrate``
-    does) on every full-size image of ``split``, under ``recalibrated``."""
+    does) on every full-size image of ``split``, under ``recalibrated``. ``show`` > 0: write
+    to ``show_out`` the qualitative grid (``sgem.plots.qualitative_grid``) of the ``show``
+    scored images with the most false-alarm pixels under the ``model`` weights, from the maps
+    just scored."""
     state = load_checkpoint(checkpoint)
     all_stems, all_images, all_masks = load_split(data_root, split)
     keep = range(0, len(all_stems), every)
@@ -72,31 +76,22 @@ def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: i
         if which not in state:
             continue
         model, _ = model_from_checkpoint({**state, "model": state[which]})
-        out["weights"][which] = _score(model, images, masks, stems, **kw)
+        out["weights"][which], probs, order = _score(model, images, masks, stems, **kw)
+        if which == "model" and show:
+            from sgem.plots import qualitative_grid, save
+
+            pick = order[:show]
+            save(qualitative_grid([images[i] for i in pick], [masks[i] for i in pick], [probs[i] for i in pick],
+                                  [stems[i] for i in pick],
+                                  title=f"{checkpoint}: the {len(pick)} {split} images with the most false-alarm pixels"),
+                 show_out)
         if bn_recalibrate:
             recalibrate_batchnorm(model, full, mean=norm["mean"], std=norm["std"],
                                   batch_size=state["config"]["batch_size"],   # as training's recalibration
                                   channels_last=channels_last,
                                   autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
-            out["recalibrated"][which] = _score(model.eval(), images, masks, stems, **kw)
+            out["recalibrated"][which] = _score(model.eval(), images, masks, stems, **kw)[0]
     return out
-
-
-def worst_figure(checkpoint: str, data_root: str, stems: list[str], *, split: str = "train", tile: int = 0,
-                 title: str = ""):
-    """The qualitative grid (``sgem.plots.qualitative_grid``) of ``stems`` under the
-    checkpoint's ``model`` weights, predicted as ``fit_check`` predicts them."""
-    from sgem.plots import qualitative_grid
-
-    state = load_checkpoint(checkpoint)
-    all_stems, all_images, all_masks = load_split(data_root, split)
-    idx = [all_stems.index(s) for s in stems]
-    images, masks = [all_images[i] for i in idx], [all_masks[i] for i in idx]
-    precision, channels_last = resolve_precision("auto", torch.device("cpu"))
-    model, _ = model_from_checkpoint(state)
-    probs = predict_probs(model, images, mean=state["normalization"]["mean"], std=state["normalization"]["std"],
-                          precision=precision, channels_last=channels_last, tile=tile)
-    return qualitative_grid(images, masks, probs, stems, title=title)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fit_check: {p}: not found", file=sys.stderr)
             return 2
     r = fit_check(a.checkpoint, a.data_root, split=a.split, every=a.every, tile=a.tile,
-                  bn_recalibrate=a.bn_recalibrate)
+                  bn_recalibrate=a.bn_recalibrate, show=a.show, show_out=a.show_out)
     rows = list(r["weights"].items())
     rows += [(f"{k} recalibrated", w) for k, w in r.get("recalibrated", {}).items()]
     for which, w in rows:
@@ -132,12 +127,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.out:
         atomic_write_json(a.out, r)
     if a.show:
-        from sgem.plots import save
-
-        worst = r["weights"]["model"]["worst"][:a.show]
-        fig = worst_figure(a.checkpoint, a.data_root, [s for s, _ in worst], split=a.split, tile=a.tile,
-                           title=f"{a.checkpoint}: the {len(worst)} {a.split} images with the most false-alarm pixels")
-        save(fig, a.show_out)
         print(f"fit_check: wrote {a.show_out}")
     return 0
 
