@@ -191,7 +191,7 @@ def test_cpu_model_card_rows_come_from_their_evaluations():
         _check(_row(card, marker), json.loads((CPU / source).read_text()))
 
 
-def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_files():
+def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_files():
     doc = (REPO / "docs" / "training.md").read_text()
     fit = REPO / "reports" / "cpu_pilots" / "fit_check"
     for marker, names in (("| pilot B_full (validation protocol) |", ["B_full_pilot"]),
@@ -201,6 +201,8 @@ def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_file
                           ("| G, official split, seed 0 |", ["G_official_sgem_unet_s0"]),
                           ("| G, official split, seed 0, `unet` |", ["G_official_unet_s0"]),
                           ("| L, official split, seed 0 |", ["L_official_sgem_unet_s0"]),
+                          ("| O, official split, seed 0 |", ["O_official_sgem_unet_s0"]),
+                          ("| O, official split, seed 0, `unet` |", ["O_official_unet_s0"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
                           ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
@@ -219,3 +221,11 @@ def test_training_doc_fit_check_rows_and_g_official_results_come_from_their_file
     last = json.loads((REPO / "reports" / "cpu_pilots" / "L_official" / "sgem_unet_s0_history.json").read_text())[-1]
     assert f"IoU **{pct(last['test/iou'])}** for `sgem_unet` (nIoU {pct(last['test/niou'])}, " \
            f"Pd {pct(last['test/pd'])} %, Fa {last['test/fa'] * 1e6:.1f}e-6)" in flat
+    o = {m: json.loads((REPO / "reports" / "cpu_pilots" / "O_official" / f"{m}_s0_history.json").read_text())[-1]
+         for m in ("sgem_unet", "unet")}
+    assert f"IoU **{pct(o['sgem_unet']['test/iou'])}**, nIoU {pct(o['sgem_unet']['test/niou'])}, " \
+           f"F1 {pct(o['sgem_unet']['test/f1'])}, Pd {pct(o['sgem_unet']['test/pd'])} %, " \
+           f"Fa {o['sgem_unet']['test/fa'] * 1e6:.1f}e-6" in flat
+    assert f"test IoU {pct(o['unet']['test/iou'])} (nIoU {pct(o['unet']['test/niou'])}, F1 {pct(o['unet']['test/f1'])}, " \
+           f"Pd {pct(o['unet']['test/pd'])} %, Fa {o['unet']['test/fa'] * 1e6:.1f}e-6), " \
+           f"{100 * (o['sgem_unet']['test/iou'] - o['unet']['test/iou']):.2f} points below" in flat

@@ -1,5 +1,6 @@
 """Training loss and last-epoch test metrics of the official-split sgem_unet runs of protocols B
-(the profile), O and L, side by side (O and L were not adopted: README.md beside this file).
+(the profile), O and L, side by side (O and L were not adopted: README.md beside this file),
+and of O's sgem_unet and unet runs (the ablation under O's settings, seed 0).
 
     PYTHONPATH=. python reports/cpu_pilots/plot_official.py
 """
@@ -11,3 +12,7 @@ runs = {"B (the profile), seed 0": load("reports/cpu/train/history.json"),
         "L: clipped throughout, 130 epochs, seed 0": load("reports/cpu_pilots/L_official/sgem_unet_s0_history.json")}
 save(runs_comparison(runs, "sgem_unet on the NUDT-SIRST official split, cpu protocols B, O and L (O and L not adopted)"),
      "reports/cpu_pilots/O_official/B_O_L_sgem_unet_s0.png")
+runs = {"sgem_unet, O, seed 0": runs["O: clipped in epochs 1-75, seed 0"],
+        "unet, O, seed 0": load("reports/cpu_pilots/O_official/unet_s0_history.json")}
+save(runs_comparison(runs, "Protocol O (not adopted) on the NUDT-SIRST official split: sgem_unet and unet, seed 0"),
+     "reports/cpu_pilots/O_official/O_sgem_unet_unet_s0.png")
