@@ -202,6 +202,7 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
                           ("| G, official split, seed 0, `unet` |", ["G_official_unet_s0"]),
                           ("| L, official split, seed 0 |", ["L_official_sgem_unet_s0"]),
                           ("| O, official split, seed 0 |", ["O_official_sgem_unet_s0"]),
+                          ("| O, official split, seed 1 |", ["O_official_sgem_unet_s1"]),
                           ("| O, official split, seed 0, `unet` |", ["O_official_unet_s0"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
@@ -229,3 +230,9 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
     assert f"test IoU {pct(o['unet']['test/iou'])} (nIoU {pct(o['unet']['test/niou'])}, F1 {pct(o['unet']['test/f1'])}, " \
            f"Pd {pct(o['unet']['test/pd'])} %, Fa {o['unet']['test/fa'] * 1e6:.1f}e-6), " \
            f"{100 * (o['sgem_unet']['test/iou'] - o['unet']['test/iou']):.2f} points below" in flat
+    s1 = json.loads((REPO / "reports" / "cpu_pilots" / "O_official" / "sgem_unet_s1_history.json").read_text())[-1]
+    assert f"IoU **{pct(s1['test/iou'])}**, nIoU {pct(s1['test/niou'])}, F1 {pct(s1['test/f1'])}, " \
+           f"Pd {pct(s1['test/pd'])} %, Fa {s1['test/fa'] * 1e6:.1f}e-6, " \
+           f"{100 * (o['sgem_unet']['test/iou'] - s1['test/iou']):.2f} points below seed 0 " \
+           f"(mean of the two seeds {50 * (o['sgem_unet']['test/iou'] + s1['test/iou']):.2f}" in flat
+    assert s1["epoch"] == 100 and f"ends at {pct(s1['test/iou'])}" in " ".join(README.split())

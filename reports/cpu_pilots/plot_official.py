@@ -1,6 +1,7 @@
 """Training loss and last-epoch test metrics of the official-split sgem_unet runs of protocols B
 (the profile), O and L, side by side (O and L were not adopted: README.md beside this file),
-and of O's sgem_unet and unet runs (the ablation under O's settings, seed 0).
+of O's sgem_unet and unet runs (the ablation under O's settings, seed 0), and of O's sgem_unet
+with seeds 0 and 1 (the spread of O's result).
 
     PYTHONPATH=. python reports/cpu_pilots/plot_official.py
 """
@@ -16,3 +17,7 @@ runs = {"sgem_unet, O, seed 0": runs["O: clipped in epochs 1-75, seed 0"],
         "unet, O, seed 0": load("reports/cpu_pilots/O_official/unet_s0_history.json")}
 save(runs_comparison(runs, "Protocol O (not adopted) on the NUDT-SIRST official split: sgem_unet and unet, seed 0"),
      "reports/cpu_pilots/O_official/O_sgem_unet_unet_s0.png")
+runs = {"sgem_unet, O, seed 0": runs["sgem_unet, O, seed 0"],
+        "sgem_unet, O, seed 1": load("reports/cpu_pilots/O_official/sgem_unet_s1_history.json")}
+save(runs_comparison(runs, "Protocol O (not adopted) on the NUDT-SIRST official split: sgem_unet, seeds 0 and 1"),
+     "reports/cpu_pilots/O_official/O_sgem_unet_s0_s1.png")
