@@ -236,3 +236,19 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
            f"{100 * (o['sgem_unet']['test/iou'] - s1['test/iou']):.2f} points below seed 0 " \
            f"(mean of the two seeds {50 * (o['sgem_unet']['test/iou'] + s1['test/iou']):.2f}" in flat
     assert s1["epoch"] == 100 and f"ends at {pct(s1['test/iou'])}" in " ".join(README.split())
+
+
+def test_fit_check_against_test_table_comes_from_its_files():
+    """reports/cpu_pilots/fit_vs_test.md is what its script computes from the fit checks and test rows."""
+    import importlib.util
+
+    script = REPO / "reports" / "cpu_pilots" / "fit_vs_test.py"
+    spec = importlib.util.spec_from_file_location("fit_vs_test", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rows = module.rows()
+    assert len(rows) == 10 and {r["protocol"] for r in rows} == {"B", "G", "L", "O"}
+    assert (REPO / "reports" / "cpu_pilots" / "fit_vs_test.md").read_text() == module.markdown(rows)
+    rho = re.search(r"over the 10 runs: (\d\.\d{3})", module.markdown(rows)).group(1)
+    for doc in (REPO / "docs" / "training.md", REPO / "reports" / "cpu_pilots" / "README.md"):
+        assert f"Spearman {rho}" in " ".join(doc.read_text().split()), doc
