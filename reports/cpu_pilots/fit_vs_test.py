@@ -24,57 +24,57 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-def _history(path: str) -> dict:
-    return json.loads((REPO / path).read_text())[-1]
+# (protocol, model, seed) of every official-split run with both a fit check and a test row; the fit
+# check is fit_check/<P>_official_<model>_s<seed>.json; B's test rows are in reports/cpu/train/ablation.json
+# (the profile's runs), the others' in the last row of <P>_official/<model>_s<seed>_history.json
+RUNS = [("B", "sgem_unet", 0), ("B", "sgem_unet", 1), ("B", "unet", 0), ("B", "unet", 1),
+        ("G", "sgem_unet", 0), ("G", "unet", 0), ("L", "sgem_unet", 0),
+        ("O", "sgem_unet", 0), ("O", "sgem_unet", 1), ("O", "unet", 0)]
 
 
-def _ablation(model: str, seed: int) -> dict:
-    runs = json.loads((REPO / "reports/cpu/train/ablation.json").read_text())["models"][model]["runs"]
-    run = next(r for r in runs if r["seed"] == seed)
-    return {"test/iou": run["iou"], "test/fa": run["fa"]}
-
-
-# (protocol, model, seed, fit check file, where the last-epoch test row is)
-RUNS = [("B", "sgem_unet", 0, "B_official_sgem_unet_s0", lambda: _ablation("sgem_unet", 0)),
-        ("B", "sgem_unet", 1, "B_official_sgem_unet_s1", lambda: _ablation("sgem_unet", 1)),
-        ("B", "unet", 0, "B_official_unet_s0", lambda: _ablation("unet", 0)),
-        ("B", "unet", 1, "B_official_unet_s1", lambda: _ablation("unet", 1)),
-        ("G", "sgem_unet", 0, "G_official_sgem_unet_s0", lambda: _history("reports/cpu_pilots/G_official/sgem_unet_s0_history.json")),
-        ("G", "unet", 0, "G_official_unet_s0", lambda: _history("reports/cpu_pilots/G_official/unet_s0_history.json")),
-        ("L", "sgem_unet", 0, "L_official_sgem_unet_s0", lambda: _history("reports/cpu_pilots/L_official/sgem_unet_s0_history.json")),
-        ("O", "sgem_unet", 0, "O_official_sgem_unet_s0", lambda: _history("reports/cpu_pilots/O_official/sgem_unet_s0_history.json")),
-        ("O", "sgem_unet", 1, "O_official_sgem_unet_s1", lambda: _history("reports/cpu_pilots/O_official/sgem_unet_s1_history.json")),
-        ("O", "unet", 0, "O_official_unet_s0", lambda: _history("reports/cpu_pilots/O_official/unet_s0_history.json"))]
+def _test_row(protocol: str, model: str, seed: int, ablation: dict) -> tuple[float, float]:
+    """(test IoU, test Fa) of the run's last epoch."""
+    if protocol == "B":
+        run = next(r for r in ablation["models"][model]["runs"] if r["seed"] == seed)
+        return run["iou"], run["fa"]
+    last = json.loads((HERE / f"{protocol}_official" / f"{model}_s{seed}_history.json").read_text())[-1]
+    return last["test/iou"], last["test/fa"]
 
 
 def rows() -> list[dict]:
+    """One row per run, sorted by fit check IoU."""
+    ablation = json.loads((REPO / "reports" / "cpu" / "train" / "ablation.json").read_text())
     out = []
-    for protocol, model, seed, fit, test in RUNS:
-        check = json.loads((HERE / "fit_check" / f"{fit}.json").read_text())
+    for protocol, model, seed in RUNS:
+        check = json.loads((HERE / "fit_check" / f"{protocol}_official_{model}_s{seed}.json").read_text())
         w = check["weights"]["model"]
-        t = test()
-        out.append({"run": f"{protocol}, `{model}`, seed {seed}", "protocol": protocol, "model": model,
-                    "precision": check["precision"], "fit_iou": w["iou"], "over_100": w["images_over_100_false_alarm_pixels"],
-                    "test_iou": t["test/iou"], "test_fa": t["test/fa"]})
-    return out
+        test_iou, test_fa = _test_row(protocol, model, seed, ablation)
+        out.append({"run": f"{protocol}, `{model}`, seed {seed}", "label": f"{protocol} {model} s{seed}",
+                    "protocol": protocol, "model": model, "precision": check["precision"], "fit_iou": w["iou"],
+                    "over_100": w["images_over_100_false_alarm_pixels"], "test_iou": test_iou, "test_fa": test_fa})
+    return sorted(out, key=lambda r: r["fit_iou"])
+
+
+def _correlations(rs: list[dict]) -> tuple[float, float, float]:
+    """Spearman's rho, its p-value and Pearson's r of fit check IoU against test IoU."""
+    fit, test = [r["fit_iou"] for r in rs], [r["test_iou"] for r in rs]
+    rho, p = stats.spearmanr(fit, test)
+    return rho, p, stats.pearsonr(fit, test)[0]
 
 
 def markdown(rs: list[dict]) -> str:
-    rho, p = stats.spearmanr([r["fit_iou"] for r in rs], [r["test_iou"] for r in rs])
-    r_p, _ = stats.pearsonr([r["fit_iou"] for r in rs], [r["test_iou"] for r in rs])
+    """The table and its correlations; ``rs`` as ``rows()`` returns them (sorted by fit check IoU)."""
     lines = ["| run (official split) | fit check IoU (EMA weights) | training images over 100 false-alarm pixels | fit check precision | test IoU | test Fa (1e-6) |",
              "|---|---|---|---|---|---|"]
-    for r in sorted(rs, key=lambda r: r["fit_iou"]):
-        lines.append(f"| {r['run']} | {100 * r['fit_iou']:.2f} | {r['over_100']} | {r['precision']} | {100 * r['test_iou']:.2f} | {r['test_fa'] * 1e6:.1f} |")
-    lines.append("")
-    rest = sorted(rs, key=lambda r: r["fit_iou"])[1:]
-    rho9, p9 = stats.spearmanr([r["fit_iou"] for r in rest], [r["test_iou"] for r in rest])
-    r9, _ = stats.pearsonr([r["fit_iou"] for r in rest], [r["test_iou"] for r in rest])
+    lines += [f"| {r['run']} | {100 * r['fit_iou']:.2f} | {r['over_100']} | {r['precision']} | "
+              f"{100 * r['test_iou']:.2f} | {r['test_fa'] * 1e6:.1f} |" for r in rs]
+    rho, p, r_p = _correlations(rs)
+    rho9, p9, r9 = _correlations(rs[1:])
     gap = [r["test_iou"] - r["fit_iou"] for r in rs]
-    lines.append(f"Spearman rank correlation of fit check IoU and test IoU over the {len(rs)} runs: "
-                 f"{rho:.3f} (p = {p:.1e}); Pearson: {r_p:.3f}. Without the lowest ({sorted(rs, key=lambda r: r['fit_iou'])[0]['run']}), "
-                 f"which dominates Pearson's: Spearman {rho9:.3f} (p = {p9:.1e}), Pearson {r9:.3f}. "
-                 f"The test IoU is above the fit check's in every run, by {100 * min(gap):.2f} to {100 * max(gap):.2f} points.")
+    lines += ["", f"Spearman rank correlation of fit check IoU and test IoU over the {len(rs)} runs: "
+                  f"{rho:.3f} (p = {p:.1e}); Pearson: {r_p:.3f}. Without the lowest ({rs[0]['run']}), "
+                  f"which dominates Pearson's: Spearman {rho9:.3f} (p = {p9:.1e}), Pearson {r9:.3f}. "
+                  f"The test IoU is above the fit check's in every run, by {100 * min(gap):.2f} to {100 * max(gap):.2f} points."]
     return "\n".join(lines) + "\n"
 
 
@@ -91,8 +91,7 @@ def figure(rs: list[dict]) -> plt.Figure:
     for r in rs:
         ax.scatter(100 * r["fit_iou"], 100 * r["test_iou"], color=colours[r["protocol"]],
                    marker="o" if r["model"] == "sgem_unet" else "s", s=45, zorder=3)
-        label = f"{r['protocol']} {r['model']} s{r['run'][-1]}"
-        ax.annotate(f"{label} ({r['over_100']})", (100 * r["fit_iou"], 100 * r["test_iou"]), xytext=LABEL_AT[label],
+        ax.annotate(f"{r['label']} ({r['over_100']})", (100 * r["fit_iou"], 100 * r["test_iou"]), xytext=LABEL_AT[r["label"]],
                     fontsize=7, arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6})
     ax.set_xlim(50, 85)
     ax.set_ylim(60, 84)
@@ -106,6 +105,7 @@ def figure(rs: list[dict]) -> plt.Figure:
 
 if __name__ == "__main__":
     rs = rows()
-    atomic_write_text(HERE / "fit_vs_test.md", markdown(rs))
+    text = markdown(rs)
+    atomic_write_text(HERE / "fit_vs_test.md", text)
     save(figure(rs), HERE / "fit_vs_test.png")
-    print(markdown(rs))
+    print(text)
