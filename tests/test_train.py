@@ -553,3 +553,54 @@ def test_ddp_two_processes_agree_on_false_alarm_records(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["epoch"] == 3 and (state["false_alarms"]["epoch"] > 0).all()   # every image seen, merged
+
+
+def _branch_tool():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("branch_run", REPO / "tools" / "branch_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("trunk, change, straight", [
+    (dict(bn_recalibrate=True), "bn_recalibrate=false", dict(bn_recalibrate=False)),
+    (dict(final_epochs=1, final_crop_size=64), "final_epochs=0", dict(final_epochs=0, final_crop_size=64)),
+])
+def test_branched_run_equals_the_changed_protocol_run_from_scratch(tiny_data, tmp_path, trunk, change, straight):
+    """tools/branch_run.py: a run branched from another run's epoch-2 checkpoint with a setting
+    changed that acts after epoch 2 ends with the weights of that setting run from scratch."""
+    train(tiny_cfg(tiny_data, tmp_path / "straight", **straight))
+    train(tiny_cfg(tiny_data, tmp_path / "trunk", **trunk), stop_after_epochs=2)
+    _branch_tool().branch(str(tmp_path / "trunk" / CHECKPOINT_NAME), str(tmp_path / "branch"), [change])
+    train(tiny_cfg(tiny_data, tmp_path / "branch", **straight))
+    a = load_checkpoint(tmp_path / "straight" / CHECKPOINT_NAME)
+    b = load_checkpoint(tmp_path / "branch" / CHECKPOINT_NAME)
+    assert a["epoch"] == b["epoch"] == 4
+    assert_same_weights(a["model"], b["model"])
+    # and the trunk's own end differs (the change matters here), so the equality is the branch's doing
+    train(tiny_cfg(tiny_data, tmp_path / "trunk", **trunk))
+    c = load_checkpoint(tmp_path / "trunk" / CHECKPOINT_NAME)["model"]
+    assert any(not torch.equal(a["model"][k], c[k]) for k in c)
+
+
+def test_branch_refuses_settings_that_act_before_or_at_the_checkpoint(tiny_data, tmp_path):
+    train(tiny_cfg(tiny_data, tmp_path / "run", epochs=3, final_epochs=1, final_crop_size=64))
+    last = tmp_path / "run" / CHECKPOINT_NAME          # epoch 3 of 3
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cases = [(last, "bn_recalibrate=true", "holds epoch 3, but bn_recalibrate=True acts from epoch 3 of 3"),
+             (last, "lr=0.1", "lr: not a setting that acts only after the checkpoint's epoch"),
+             (last, "bn_recalibrate=3", "bn_recalibrate=3: expected a bool like the run's False"),
+             (last, "final_epochs", "'final_epochs': expected KEY=VALUE")]
+    state = load_checkpoint(last)
+    state["epoch"] = 2                                 # epoch 3 trains at 64 under final_epochs 1 or 2
+    save_checkpoint(tmp_path / "e2.pt", state)
+    cases.append((tmp_path / "e2.pt", "final_epochs=2", "holds epoch 2, but final_epochs=2 acts from epoch 2 of 3"))
+    for ckpt, arg, message in cases:
+        r = subprocess.run([sys.executable, "tools/branch_run.py", str(ckpt), str(tmp_path / "new"), arg], cwd=REPO,
+                           env=env, capture_output=True, text=True)
+        assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, (arg, r.stderr)
+        assert not (tmp_path / "new").exists()
+    r = subprocess.run([sys.executable, "tools/branch_run.py", str(tmp_path / "e2.pt"), str(tmp_path / "new"),
+                        "final_epochs=0"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0 and load_checkpoint(tmp_path / "new" / CHECKPOINT_NAME)["config"]["final_epochs"] == 0
