@@ -238,14 +238,19 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
     assert s1["epoch"] == 100 and f"ends at {pct(s1['test/iou'])}" in " ".join(README.split())
 
 
-def test_fit_check_against_test_table_comes_from_its_files():
-    """reports/cpu_pilots/fit_vs_test.md is what its script computes from the fit checks and test rows."""
+def _pilot_script(name: str):
+    """A script of reports/cpu_pilots/, imported as a module."""
     import importlib.util
 
-    script = REPO / "reports" / "cpu_pilots" / "fit_vs_test.py"
-    spec = importlib.util.spec_from_file_location("fit_vs_test", script)
+    spec = importlib.util.spec_from_file_location(name, REPO / "reports" / "cpu_pilots" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_fit_check_against_test_table_comes_from_its_files():
+    """reports/cpu_pilots/fit_vs_test.md is what its script computes from the fit checks and test rows."""
+    module = _pilot_script("fit_vs_test")
     rows = module.rows()
     assert len(rows) == 10 and {r["protocol"] for r in rows} == {"B", "G", "L", "O"}
     table = module.markdown(rows)
@@ -253,3 +258,14 @@ def test_fit_check_against_test_table_comes_from_its_files():
     rho = re.search(r"over the 10 runs: (\d\.\d{3})", table).group(1)
     for doc in (REPO / "docs" / "training.md", REPO / "reports" / "cpu_pilots" / "README.md"):
         assert f"Spearman {rho}" in " ".join(doc.read_text().split()), doc
+
+
+def test_two_seed_gate_takes_its_bar_from_b_and_judges_o_as_written():
+    """The rule for the next candidate: both seeds free of images over 100 false-alarm pixels
+    and a mean fit strictly above B's (so B itself does not pass its own bar); O fails on both."""
+    gate = _pilot_script("two_seed_gate")
+    bar = gate.bar()
+    assert f"({100 * bar:.2f})" in " ".join((REPO / "reports" / "cpu_pilots" / "README.md").read_text().split())
+    b, o = gate.judge("B", bar), gate.judge("O", bar)
+    assert b["over"] == [0, 0] and abs(b["mean"] - bar) < 1e-12 and not b["passes"]
+    assert o["over"] == [1, 3] and not o["passes"]
