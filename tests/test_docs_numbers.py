@@ -204,6 +204,7 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
                           ("| O, official split, seed 0 |", ["O_official_sgem_unet_s0"]),
                           ("| O, official split, seed 1 |", ["O_official_sgem_unet_s1"]),
                           ("| O, official split, seed 0, `unet` |", ["O_official_unet_s0"]),
+                          ("| Q, official split, seeds 0 and 1 |", ["Q_official_sgem_unet_s0", "Q_official_sgem_unet_s1"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
                           ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
@@ -236,6 +237,11 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
            f"{100 * (o['sgem_unet']['test/iou'] - s1['test/iou']):.2f} points below seed 0 " \
            f"(mean of the two seeds {50 * (o['sgem_unet']['test/iou'] + s1['test/iou']):.2f}" in flat
     assert s1["epoch"] == 100 and f"ends at {pct(s1['test/iou'])}" in " ".join(README.split())
+    q = [json.loads((REPO / "reports" / "cpu_pilots" / "Q_official" / f"sgem_unet_s{s}_history.json").read_text())[-1]
+         for s in (0, 1)]
+    assert q[0]["epoch"] == q[1]["epoch"] == 100
+    assert f"IoU **{pct(q[0]['test/iou'])}** (seed 0) and **{pct(q[1]['test/iou'])}** (seed 1), " \
+           f"{100 * (q[0]['test/iou'] - q[1]['test/iou']):.2f} points apart" in flat
 
 
 def _pilot_script(name: str):
