@@ -60,7 +60,8 @@ def parse_settings(items: list[str], config: dict) -> dict:
     return out
 
 
-def branch(checkpoint: str, out_dir: str, items: list[str]) -> Path:
+def branch(checkpoint: str, out_dir: str, items: list[str]) -> tuple[Path, int]:
+    """Write ``out_dir/checkpoint.pt``; returns its path and the epoch it holds."""
     target = Path(out_dir) / "checkpoint.pt"
     if target.exists():
         raise ValueError(f"{target}: exists already; branch into a new folder")
@@ -76,7 +77,7 @@ def branch(checkpoint: str, out_dir: str, items: list[str]) -> Path:
     config.update(changes, out_dir=str(out_dir))
     target.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(target, state)
-    return target
+    return target, state["epoch"]
 
 
 def main(argv: list[str]) -> int:
@@ -84,11 +85,11 @@ def main(argv: list[str]) -> int:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
     try:
-        target = branch(argv[0], argv[1], argv[2:])
+        target, epoch = branch(argv[0], argv[1], argv[2:])
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"branch_run: {e}", file=sys.stderr)
         return 1
-    print(f"{target}: epoch {load_checkpoint(target)['epoch']}, settings changed: {' '.join(argv[2:])}")
+    print(f"{target}: epoch {epoch}, settings changed: {' '.join(argv[2:])}")
     return 0
 
 
