@@ -205,7 +205,7 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
                           ("| O, official split, seed 1 |", ["O_official_sgem_unet_s1"]),
                           ("| O, official split, seed 0, `unet` |", ["O_official_unet_s0"]),
                           ("| Q, official split, seeds 0 and 1 |", ["Q_official_sgem_unet_s0", "Q_official_sgem_unet_s1"]),
-                          ("| P, official split, seed 1 |", ["P_official_sgem_unet_s1"]),
+                          ("| P, official split, seeds 0 and 1 |", ["P_official_sgem_unet_s0", "P_official_sgem_unet_s1"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
                           ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
@@ -243,6 +243,8 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
     assert q[0]["epoch"] == q[1]["epoch"] == 100
     assert f"IoU **{pct(q[0]['test/iou'])}** (seed 0) and **{pct(q[1]['test/iou'])}** (seed 1), " \
            f"{100 * (q[0]['test/iou'] - q[1]['test/iou']):.2f} points apart" in flat
+    p0 = json.loads((REPO / "reports" / "cpu_pilots" / "P_official" / "sgem_unet_s0_history.json").read_text())[-1]
+    assert p0["epoch"] == 100 and f"test IoU **{pct(p0['test/iou'])}**." in flat
     p1 = json.loads((REPO / "reports" / "cpu_pilots" / "P_official" / "sgem_unet_s1_history.json").read_text())[-1]
     assert p1["epoch"] == 100 and f"IoU **{pct(p1['test/iou'])}** (seed 1; with the recalibration " \
                                   f"{pct(s1['test/iou'])})" in flat
