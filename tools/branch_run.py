@@ -9,14 +9,14 @@ the changed settings resumes it instead of refusing it as a run of other setting
 
     sgem train ...the run's own command... --out OUT_DIR --no-bn-recalibrate  (and/or --final-epochs N)
 
-Only settings whose first effect comes after every epoch a checkpoint can hold are accepted
-(``BRANCHABLE``: ``bn_recalibrate``, acting after the last epoch; ``final_epochs``, acting from
-the first of the last full-size epochs), and only from a checkpoint taken before that: a run
-branched from epoch E is then identical, epoch for epoch, to the changed protocol run from scratch (on a machine where these runs are deterministic), and
-costs only the epochs after E. Any other setting would make the branch a run of no single
-protocol, so it is refused.
+Only settings that act late in a run are accepted (``BRANCHABLE``: ``bn_recalibrate``, after
+the last epoch; ``final_epochs``, from the first of the last full-size epochs), and only from a
+checkpoint taken before they act: a run branched from epoch E is then identical, epoch for
+epoch, to the changed protocol run from scratch (on a machine where these runs are
+deterministic), and costs only the epochs after E. Any other setting would make the branch a
+run of no single protocol, so it is refused.
 
-Why: pilots J and K (``reports/cpu_pilots/README.md``) and P were run this way from an earlier
+Why: pilots J, K, P and Q (``reports/cpu_pilots/README.md``) were run this way from an earlier
 run's checkpoint (``bn_recalibrate``, ``final_epochs`` changed).
 """
 
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from sgem.checkpoint import load_checkpoint, save_checkpoint
+from sgem.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 
 # setting -> the first epoch at which a run with the setting changed from `old` to `new` can
 # differ from the run without the change (epochs + 1: only after the last epoch)
@@ -62,7 +62,7 @@ def parse_settings(items: list[str], config: dict) -> dict:
 
 def branch(checkpoint: str, out_dir: str, items: list[str]) -> tuple[Path, int]:
     """Write ``out_dir/checkpoint.pt``; returns its path and the epoch it holds."""
-    target = Path(out_dir) / "checkpoint.pt"
+    target = Path(out_dir) / CHECKPOINT_NAME
     if target.exists():
         raise ValueError(f"{target}: exists already; branch into a new folder")
     state = load_checkpoint(checkpoint)
