@@ -91,6 +91,7 @@ class TrainConfig:
     grad_clip: float = 0.0           # > 0: clip the gradients' global norm to this before each step
     grad_clip_epochs: int = 0        # > 0: grad_clip applies in the first N epochs only, grad_clip_late after
     grad_clip_late: float = 0.0      # the clipping limit after grad_clip_epochs (0: none; the norms still logged)
+    grad_clip_growth: float = 1.0    # > 1: after grad_clip_epochs the limit grows by this factor per epoch instead
     bn_recalibrate: bool = False     # at the end: BatchNorm statistics recomputed on the full-size train images
     augment: str = "flip"            # flip (h/v flips and transpose) | none
     loss_smooth: float = 1.0
@@ -143,6 +144,11 @@ class TrainConfig:
             bad("grad_clip_late", "a number >= 0 (0: no clipping after grad_clip_epochs)")
         if self.grad_clip_late and not self.grad_clip_epochs:
             bad("grad_clip_late", "0 unless grad_clip_epochs > 0 (the limit after those epochs)")
+        if not (math.isfinite(self.grad_clip_growth) and self.grad_clip_growth >= 1.0):
+            bad("grad_clip_growth", "a number >= 1 (1: the limit does not grow)")
+        if self.grad_clip_growth > 1.0 and not (self.grad_clip_epochs and not self.grad_clip_late):
+            bad("grad_clip_growth", "1 unless grad_clip_epochs > 0 and grad_clip_late is 0 "
+                                    "(it makes grad_clip grow after those epochs instead of stopping)")
         if not 0.0 <= self.ema_decay < 1.0:
             bad("ema_decay", "a number in [0, 1) (0: no averaging)")
         if not self.lr > 0:
@@ -646,13 +652,15 @@ class StepRunner:
 
     def grad_stats(self, steps: int) -> dict[str, float]:
         """The gradient norms of the steps since the last call (one host sync), then reset:
-        mean and max before clipping, and the share of steps clipped. Empty without clipping."""
+        mean and max before clipping, the share of steps clipped, and the limit where there
+        is one (``train/grad_clip``). Empty without clipping."""
         if self.grad_clip <= 0:
             return {}
         total, peak, clipped = self.norm_stats.tolist()
         self.norm_stats.zero_()
+        limit = {"train/grad_clip": self.grad_clip} if math.isfinite(self.grad_clip) else {}
         return {"train/grad_norm_mean": total / max(steps, 1), "train/grad_norm_max": peak,
-                "train/clipped_share": clipped / max(steps, 1)}
+                "train/clipped_share": clipped / max(steps, 1), **limit}
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, acc: torch.Tensor) -> None:
         """Train on (x, y) and add the batch's loss to ``acc`` (a device scalar)."""
@@ -1040,10 +1048,19 @@ class Trainer:
         """The gradient-norm limit of (0-based) ``epoch``: ``grad_clip`` in the first
         ``grad_clip_epochs`` epochs (every epoch when 0), ``grad_clip_late`` after them;
         after them with no limit (``grad_clip_late`` 0) the norms are still measured and
-        logged (an infinite limit clips nothing)."""
+        logged (an infinite limit clips nothing). With ``grad_clip_growth`` g > 1 the limit
+        after them is ``grad_clip * g**k`` in the k-th epoch after them (k = 1, 2, ...): the
+        clipping fades out over some epochs instead of stopping at once. Why: Adam's
+        second-moment estimates, made on clipped gradients, are several times too small for
+        the unclipped ones, so an abrupt end makes the next hundreds of steps several times
+        larger (pilot O's loss rose from 0.19 to 0.26 where its clipping ended, at lr 1.7e-4);
+        a limit that grows by g per epoch lets the estimates follow."""
         cfg = self.cfg
         if not cfg.grad_clip_epochs or epoch < cfg.grad_clip_epochs:
             return cfg.grad_clip
+        if cfg.grad_clip_growth > 1.0:   # capped where it would overflow a float: no limit left
+            k = epoch - cfg.grad_clip_epochs + 1
+            return cfg.grad_clip * math.exp(min(k * math.log(cfg.grad_clip_growth), 700.0))
         return cfg.grad_clip_late or math.inf
 
     @property

@@ -1,10 +1,12 @@
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from sgem.evaluate import evaluate_checkpoint, evaluate_pred_dir, load_predictio
 from sgem.metrics import IRSTDMetrics
 from sgem.data import load_split
 from sgem.synthetic import make_synthetic
-from sgem.train import CHECKPOINT_NAME, TrainConfig, load_checkpoint, save_checkpoint, train
+from sgem.train import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint, save_checkpoint, train
 
 TINY_MODEL = {"widths": [4, 8, 16, 32, 64], "sgem_dim": 16}
 REPO = Path(__file__).resolve().parents[1]
@@ -489,6 +491,19 @@ def test_grad_clip_epochs_limits_the_clipping_to_the_first_epochs(tiny_data, tmp
     train(tiny_cfg(tiny_data, tmp_path / "late", **common, grad_clip_epochs=1, grad_clip_late=1e-5))
     rows = json.loads((tmp_path / "late" / "history.json").read_text())
     assert [r["train/clipped_share"] for r in rows] == [1.0, 1.0, 1.0]
+    assert [r["train/grad_clip"] for r in rows] == [1e-4, 1e-5, 1e-5]
+
+
+def test_grad_clip_growth_fades_the_clipping_out(tiny_data, tmp_path):
+    """grad_clip_growth g: after grad_clip_epochs the limit is grad_clip * g**k in the k-th
+    epoch after them (logged as train/grad_clip), instead of no limit at once."""
+    common = dict(epochs=4, optimizer="sgd", momentum=0.0, scheduler="constant", lr=0.5, grad_clip=1e-4)
+    train(tiny_cfg(tiny_data, tmp_path / "grow", **common, grad_clip_epochs=2, grad_clip_growth=1e6))
+    rows = json.loads((tmp_path / "grow" / "history.json").read_text())
+    assert [r["train/grad_clip"] for r in rows] == pytest.approx([1e-4, 1e-4, 1e2, 1e8])
+    assert rows[0]["train/clipped_share"] == 1.0 and rows[-1]["train/clipped_share"] == 0.0
+    huge = TrainConfig(data_root="x", epochs=400, grad_clip=1.0, grad_clip_epochs=1, grad_clip_growth=1e9)
+    assert math.isfinite(Trainer.clip_for(SimpleNamespace(cfg=huge), 399))   # no OverflowError
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -496,6 +511,10 @@ def test_grad_clip_epochs_limits_the_clipping_to_the_first_epochs(tiny_data, tmp
     (dict(grad_clip_epochs=2), r"grad_clip_epochs=2; expected 0 unless grad_clip > 0"),
     (dict(grad_clip=1.0, grad_clip_epochs=2, grad_clip_late=float("nan")), r"grad_clip_late=nan; expected a number"),
     (dict(grad_clip=1.0, grad_clip_late=10.0), r"grad_clip_late=10.0; expected 0 unless grad_clip_epochs > 0"),
+    (dict(grad_clip=1.0, grad_clip_epochs=2, grad_clip_growth=0.5), r"grad_clip_growth=0.5; expected a number >= 1"),
+    (dict(grad_clip=1.0, grad_clip_growth=1.5), r"grad_clip_growth=1.5; expected 1 unless grad_clip_epochs > 0"),
+    (dict(grad_clip=1.0, grad_clip_epochs=2, grad_clip_late=5.0, grad_clip_growth=1.5),
+     r"grad_clip_growth=1.5; expected 1 unless .* grad_clip_late is 0"),
 ])
 def test_grad_clip_epochs_and_late_are_checked(kw, message):
     with pytest.raises(ValueError, match=message):
