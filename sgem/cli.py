@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 
@@ -32,7 +34,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .data import DEFAULT_MASK_SUFFIXES, canonical_manifest, compare_with_manifest, validate_dataset
 
@@ -72,7 +73,6 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _write_filtered_splits(report, args: argparse.Namespace) -> list[str]:
     """Split lists without the stems whose files have problems, written to the current
     folder, and the commands that use them (a remedy that works as printed)."""
-    from pathlib import Path
 
     from .io import atomic_write_text
 
@@ -131,10 +131,52 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items() if k != "epoch"}}
             print(json.dumps(line), flush=True)
 
-    summary = train(config, stop_after_epochs=args.stop_after_epochs, on_epoch_end=on_epoch_end,
-                    stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes)
+    with _stopped_cleanly(config.out_dir) as stopped:
+        summary = train(config, stop_after_epochs=args.stop_after_epochs, on_epoch_end=on_epoch_end,
+                        stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes)
+    if stopped:
+        return stopped[0]
     print(json.dumps(summary, indent=2))
     return 0
+
+
+class _Stop(BaseException):
+    """SIGTERM while training, turned into an exception so that the run unwinds (its lock
+    released) as after Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _stopped_cleanly(out_dir: str):
+    """Ctrl-C or SIGTERM (``kill``) during training: one line saying what is kept (the last
+    checkpoint, written atomically, so an interrupted write leaves the previous one) and how
+    to resume, instead of a traceback; the exit status (130 or 143) goes into the yielded
+    list. Checkpoints are only written at their epochs, so the epochs since the last one
+    are trained again on resume."""
+    import signal
+    import threading
+
+    stopped: list[int] = []
+    handler = None
+    if threading.current_thread() is threading.main_thread():
+        def on_term(signum, frame):  # noqa: ARG001
+            raise _Stop
+        handler = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield stopped
+    except (KeyboardInterrupt, _Stop) as exc:
+        from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+        ckpt = Path(out_dir) / CHECKPOINT_NAME
+        try:
+            kept = f"its last checkpoint, {ckpt}, is at epoch {load_checkpoint(ckpt)['epoch']}"
+        except (OSError, ValueError, KeyError):
+            kept = f"no checkpoint in {out_dir} yet"
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by SIGTERM"
+        print(f"sgem train: {what}; {kept}; run the same command again to resume from it", file=sys.stderr)
+        stopped.append(130 if isinstance(exc, KeyboardInterrupt) else 143)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _load_params(path: str, key: str | None) -> dict:
@@ -298,7 +340,6 @@ def _cmd_bench_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .checkpoint import load_checkpoint
     from .report import ablation, write_ablation

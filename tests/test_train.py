@@ -112,6 +112,34 @@ def test_sigkilled_and_resumed_run_ends_with_the_same_weights(tiny_data, tmp_pat
     assert steps == list(range(epochs))
 
 
+@pytest.mark.parametrize("sig, rc, what", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_interrupted_run_says_what_is_kept_in_one_line_and_resumes(tiny_data, tmp_path, sig, rc, what):
+    """Ctrl-C (SIGINT) or kill (SIGTERM) during `sgem train`: no traceback, one line naming
+    the last checkpoint and its epoch, the run's lock released (the rerun does not have to
+    take it over), and the same command resumes to the end."""
+    cfg = tiny_cfg(tiny_data, tmp_path / "run", epochs=40)
+    ckpt = Path(cfg.out_dir) / CHECKPOINT_NAME
+    proc = subprocess.Popen(_train_cmd(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not ckpt.is_file():
+        time.sleep(0.01)
+    assert proc.poll() is None, f"run ended before it could be stopped: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == rc, err[-2000:]
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    epoch = load_checkpoint(ckpt)["epoch"]
+    assert line == (f"sgem train: {what}; its last checkpoint, {ckpt}, is at epoch {epoch}; "
+                    f"run the same command again to resume from it")
+    assert 1 <= epoch < 40
+    again = subprocess.run(_train_cmd(cfg), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "lock" not in again.stderr
+    assert load_checkpoint(ckpt)["epoch"] == 40
+
+
 def test_kill_during_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / CHECKPOINT_NAME
     good = {"format": "sgem-checkpoint-v1", "epoch": 3, "model": {"w": torch.ones(3)}}
