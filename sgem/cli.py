@@ -34,7 +34,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_data(args: argparse.Namespace) -> int:
-
     from .data import DEFAULT_MASK_SUFFIXES, canonical_manifest, compare_with_manifest, validate_dataset
 
     splits = (dict(s.split("=", 1) if "=" in s else (s, f"{s}.txt") for s in args.split)
@@ -73,7 +72,6 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
 def _write_filtered_splits(report, args: argparse.Namespace) -> list[str]:
     """Split lists without the stems whose files have problems, written to the current
     folder, and the commands that use them (a remedy that works as printed)."""
-
     from .io import atomic_write_text
 
     import os
@@ -340,7 +338,6 @@ def _cmd_bench_deploy(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-
     from .checkpoint import load_checkpoint
     from .report import ablation, write_ablation
 
