@@ -608,6 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(getattr(args, attr, None), str):
                 setattr(args, attr, str(resolve_dataset(getattr(args, attr))))
         return args.func(args)
+    except KeyboardInterrupt:   # Ctrl-C: one line, not a traceback (train says what it kept itself)
+        print(f"sgem {args.command}: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, KeyError, OSError, RuntimeError, TypeError, FloatingPointError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(msg):

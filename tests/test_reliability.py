@@ -210,3 +210,15 @@ def test_large_images_are_predicted_in_tiles_like_the_whole(tmp_path):
     assert tiled.shape == whole.shape and np.abs(tiled - whole).mean() < 0.02
     with pytest.raises(ValueError, match="tile must be a multiple of 16"):
         predict_probs(model, [img], mean=0.4, std=0.2, tile=50)
+
+
+def test_ctrl_c_in_any_command_is_one_line(monkeypatch, capsys):
+    """Ctrl-C during a command (here `sgem models`, made to raise it) ends with one line and
+    exit status 130, not a traceback."""
+    import sgem.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "_cmd_models", interrupted)
+    assert cli.main(["models"]) == 130
+    assert capsys.readouterr().err == "sgem models: interrupted\n"
