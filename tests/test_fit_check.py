@@ -29,6 +29,7 @@ def test_fit_check_agrees_with_evaluate_and_scores_both_weight_sets(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"wrote {png}" in r.stdout
     fit = json.loads(out.read_text())
     assert fit["images"] == len((data / "train.txt").read_text().split())
+    assert fit["epoch"] == 2   # which checkpoint of a run was scored
     assert set(fit["weights"]) == {"model", "train_model"}
     # the weights evaluate uses, on the same images: the same pooled IoU
     assert abs(fit["weights"]["model"]["iou"] - json.loads(ev.read_text())["iou"]) < 1e-6

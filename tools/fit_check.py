@@ -67,7 +67,7 @@ def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: i
     precision, channels_last = resolve_precision("auto", torch.device("cpu"))
     norm = state["normalization"]
     kw = dict(norm=norm, precision=precision, channels_last=channels_last, tile=tile, top=top)
-    out = {"checkpoint": checkpoint, "split": split, "every": every, "images": len(stems), "tile": tile,
+    out = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split, "every": every, "images": len(stems), "tile": tile,
            "precision": precision, "threshold": 0.5, "weights": {}}
     if bn_recalibrate:
         out["recalibrated"] = {}
