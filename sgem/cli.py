@@ -129,11 +129,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
                     **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items() if k != "epoch"}}
             print(json.dumps(line), flush=True)
 
-    with _stopped_cleanly(config.out_dir) as stopped:
-        summary = train(config, stop_after_epochs=args.stop_after_epochs, on_epoch_end=on_epoch_end,
-                        stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes)
-    if stopped:
-        return stopped[0]
+    try:
+        with _sigterm_raises():
+            summary = train(config, stop_after_epochs=args.stop_after_epochs, on_epoch_end=on_epoch_end,
+                            stop_after_seconds=None if args.stop_after_minutes is None else 60 * args.stop_after_minutes)
+    except (KeyboardInterrupt, _Stop) as exc:
+        return _say_what_is_kept(config.out_dir, exc)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -144,37 +145,41 @@ class _Stop(BaseException):
 
 
 @contextlib.contextmanager
-def _stopped_cleanly(out_dir: str):
-    """Ctrl-C or SIGTERM (``kill``) during training: one line saying what is kept (the last
-    checkpoint, written atomically, so an interrupted write leaves the previous one) and how
-    to resume, instead of a traceback; the exit status (130 or 143) goes into the yielded
-    list. Checkpoints are only written at their epochs, so the epochs since the last one
-    are trained again on resume."""
+def _sigterm_raises():
+    """Within: SIGTERM (``kill``) raises :class:`_Stop` (main thread only; elsewhere a
+    signal handler cannot be set), the previous handler restored after."""
     import signal
     import threading
 
-    stopped: list[int] = []
-    handler = None
-    if threading.current_thread() is threading.main_thread():
-        def on_term(signum, frame):  # noqa: ARG001
-            raise _Stop
-        handler = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield stopped
-    except (KeyboardInterrupt, _Stop) as exc:
-        from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
-        ckpt = Path(out_dir) / CHECKPOINT_NAME
-        try:
-            kept = f"its last checkpoint, {ckpt}, is at epoch {load_checkpoint(ckpt)['epoch']}"
-        except (OSError, ValueError, KeyError):
-            kept = f"no checkpoint in {out_dir} yet"
-        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by SIGTERM"
-        print(f"sgem train: {what}; {kept}; run the same command again to resume from it", file=sys.stderr)
-        stopped.append(130 if isinstance(exc, KeyboardInterrupt) else 143)
+    def on_term(signum, frame):  # noqa: ARG001
+        raise _Stop
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
     finally:
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say_what_is_kept(out_dir: str, exc: BaseException) -> int:
+    """Ctrl-C or SIGTERM during training: one line saying what is kept (the last checkpoint,
+    written atomically, so an interrupted write leaves the previous one) and how to resume,
+    instead of a traceback; returns the exit status (130, or 143 for SIGTERM). Checkpoints
+    are only written at their epochs, so the epochs since the last one are trained again."""
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    ckpt = Path(out_dir) / CHECKPOINT_NAME
+    try:
+        kept = f"its last checkpoint, {ckpt}, is at epoch {load_checkpoint(ckpt)['epoch']}"
+    except (OSError, ValueError, KeyError):
+        kept = f"no checkpoint in {out_dir} yet"
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    what = "interrupted" if interrupted else "stopped by SIGTERM"
+    print(f"sgem train: {what}; {kept}; run the same command again to resume from it", file=sys.stderr)
+    return 130 if interrupted else 143
 
 
 def _load_params(path: str, key: str | None) -> dict:

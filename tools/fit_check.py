@@ -67,8 +67,8 @@ def fit_check(checkpoint: str, data_root: str, *, split: str = "train", every: i
     precision, channels_last = resolve_precision("auto", torch.device("cpu"))
     norm = state["normalization"]
     kw = dict(norm=norm, precision=precision, channels_last=channels_last, tile=tile, top=top)
-    out = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split, "every": every, "images": len(stems), "tile": tile,
-           "precision": precision, "threshold": 0.5, "weights": {}}
+    out = {"checkpoint": checkpoint, "epoch": state.get("epoch"), "split": split, "every": every,
+           "images": len(stems), "tile": tile, "precision": precision, "threshold": 0.5, "weights": {}}
     if bn_recalibrate:
         out["recalibrated"] = {}
         full, _ = to_tensors(all_images, [])
