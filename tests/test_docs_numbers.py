@@ -206,6 +206,7 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
                           ("| O, official split, seed 0, `unet` |", ["O_official_unet_s0"]),
                           ("| Q, official split, seeds 0 and 1 |", ["Q_official_sgem_unet_s0", "Q_official_sgem_unet_s1"]),
                           ("| P, official split, seeds 0 and 1 |", ["P_official_sgem_unet_s0", "P_official_sgem_unet_s1"]),
+                          ("| R, official split, seed 1 |", ["R_official_sgem_unet_s1"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
                           ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
