@@ -14,7 +14,8 @@ before, which is what makes resume exact.
 
 Resume: ``checkpoint.pt`` in ``out_dir`` holds model, optimizer, scheduler, completed
 epochs, RNG states, history, best metric and the resolved config; it is written
-atomically (temp file, fsync, rename) every ``checkpoint_every`` epochs and at the end.
+atomically (temp file, fsync, rename) every ``checkpoint_every`` epochs and at the end;
+``keep_checkpoints`` names epochs whose checkpoint is also kept as ``checkpoint_eNNNN.pt``.
 A rerun with the same config resumes from it; a run killed at any moment (SIGKILL
 included) loses at most the epochs since the last checkpoint, and in deterministic mode
 ends with bit-identical weights. DVCLive's history is rebuilt from the checkpoint's
@@ -53,8 +54,8 @@ from .models import create_model, pad_to_multiple
 # keys that may differ between the run that wrote a checkpoint and the run resuming it
 # (how a step is computed is not what is trained: precision, layout, compilation and graph
 # capture may change between chunks of one run)
-RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "eval_every", "progress",
-                         "dvclive", "num_threads", "on_config_change", "precision", "channels_last", "compile",
+RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "keep_checkpoints", "eval_every",
+                         "progress", "dvclive", "num_threads", "on_config_change", "precision", "channels_last", "compile",
                          "cuda_graph", "allow_split_overlap"}
 
 
@@ -104,6 +105,7 @@ class TrainConfig:
     compile: bool = False
     cuda_graph: bool = False         # CUDA only: capture forward+loss+backward as one CUDA graph
     checkpoint_every: int = 10
+    keep_checkpoints: str = ""       # epochs ("15,40,60") whose checkpoint is also kept (checkpoint_e0015.pt)
     eval_every: int = 0              # evaluate on eval_split every N epochs (0: only at the end)
     progress: bool = True
     dvclive: bool = True
@@ -165,8 +167,19 @@ class TrainConfig:
             bad("precision", "'fp32', 'bf16' or 'auto'")
         if self.eval_every < 0:
             bad("eval_every", "an integer >= 0")
+        try:
+            kept = self.kept_epochs
+        except ValueError:
+            kept = None
+        if kept is None or not all(1 <= e <= self.epochs for e in kept):
+            bad("keep_checkpoints", f"epochs in 1..{self.epochs} separated by commas, e.g. '15,40,60' ('': none)")
         if self.on_config_change not in ("error", "restart"):
             bad("on_config_change", "'error' or 'restart'")
+
+    @property
+    def kept_epochs(self) -> frozenset[int]:
+        """The epochs of ``keep_checkpoints`` (a ValueError where one is not an integer)."""
+        return frozenset(int(e) for e in self.keep_checkpoints.split(",") if e.strip())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -174,13 +187,18 @@ class TrainConfig:
         field's type: a wrong type is an error naming the key, never a silent change
         (``deterministic: "false"`` would otherwise be true). The one conversion: a float
         field accepts a string that is a number, because YAML 1.1 reads ``1e-3`` as the
-        string '1e-3'."""
+        string '1e-3'; and ``keep_checkpoints`` accepts an epoch or a list of epochs, as YAML
+        reads ``60`` or ``[15, 40, 60]``."""
         if not isinstance(d, dict):
             raise ValueError(f"train config: expected a mapping of settings, got {type(d).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
             raise ValueError(f"train config: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+        d = dict(d)
+        kept = d.get("keep_checkpoints")
+        if isinstance(kept, list) or (isinstance(kept, int) and not isinstance(kept, bool)):
+            d["keep_checkpoints"] = ",".join(str(e) for e in (kept if isinstance(kept, list) else [kept]))
         return cls(**{k: _checked(k, str(fields[k].type), v) for k, v in d.items()})
 
     def to_dict(self) -> dict[str, Any]:
@@ -1108,7 +1126,10 @@ class Trainer:
 
     def save(self) -> None:
         if self.is_main:
-            save_checkpoint(self.ckpt_path, self.state())
+            state = self.state()
+            save_checkpoint(self.ckpt_path, state)
+            if self.epoch in self.cfg.kept_epochs:   # a copy for later looks at this epoch's weights
+                save_checkpoint(self.out_dir / f"checkpoint_e{self.epoch:04d}.pt", state)
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self, *, stop_after_epochs: int | None = None, stop_after_seconds: float | None = None,
@@ -1161,7 +1182,8 @@ class Trainer:
             stop_now = ((stop_after_epochs is not None and epochs_this_call >= stop_after_epochs)
                         or (stop_after_seconds is not None
                             and time.perf_counter() - call_start + longest > stop_after_seconds))
-            checkpoint_now = self.epoch % cfg.checkpoint_every == 0 or final or stop_now
+            checkpoint_now = (self.epoch % cfg.checkpoint_every == 0 or self.epoch in cfg.kept_epochs
+                              or final or stop_now)
             if checkpoint_now:
                 self.check_ranks_agree()
                 self.save()

@@ -651,3 +651,33 @@ def test_branch_refuses_settings_that_act_before_or_at_the_checkpoint(tiny_data,
     r = subprocess.run([sys.executable, "tools/branch_run.py", str(tmp_path / "e2.pt"), str(tmp_path / "new"),
                         "final_epochs=0"], cwd=REPO, env=env, capture_output=True, text=True)
     assert r.returncode == 0 and load_checkpoint(tmp_path / "new" / CHECKPOINT_NAME)["config"]["final_epochs"] == 0
+
+
+def test_keep_checkpoints_keeps_a_copy_at_the_named_epochs(tiny_data, tmp_path):
+    """keep_checkpoints "1,3": the checkpoints of epochs 1 and 3 stay beside checkpoint.pt as
+    checkpoint_e0001.pt and checkpoint_e0003.pt (written then even where checkpoint_every would
+    skip them), each the run's state at that epoch; no other epoch is kept. It may change
+    between the calls of one run (a resume is not refused)."""
+    out = tmp_path / "kept"
+    train(tiny_cfg(tiny_data, out, checkpoint_every=10, keep_checkpoints="1,3"), stop_after_epochs=2)
+    assert sorted(p.name for p in out.glob("checkpoint_e*.pt")) == ["checkpoint_e0001.pt"]
+    train(tiny_cfg(tiny_data, out, checkpoint_every=10, keep_checkpoints="3"))   # changed: resumed
+    kept = {p.name: load_checkpoint(p) for p in out.glob("checkpoint_e*.pt")}
+    assert sorted(kept) == ["checkpoint_e0001.pt", "checkpoint_e0003.pt"]
+    assert [kept[n]["epoch"] for n in sorted(kept)] == [1, 3]
+    assert [len(kept[n]["history"]) for n in sorted(kept)] == [1, 3]
+    last = weights(out / CHECKPOINT_NAME)
+    assert any(not torch.equal(kept["checkpoint_e0003.pt"]["model"][k], last[k]) for k in last)
+    assert any(not torch.equal(kept["checkpoint_e0001.pt"]["model"][k], kept["checkpoint_e0003.pt"]["model"][k])
+               for k in last)
+
+
+@pytest.mark.parametrize("value, expected", [("15, 40,60", {15, 40, 60}), ([2, 3], {2, 3}), (4, {4}), ("", set())])
+def test_keep_checkpoints_reads_a_string_a_list_or_an_epoch(value, expected):
+    assert TrainConfig.from_dict({"data_root": "x", "epochs": 60, "keep_checkpoints": value}).kept_epochs == expected
+
+
+@pytest.mark.parametrize("value", ["15,x", "0", "61", "1;2"])
+def test_keep_checkpoints_outside_the_run_is_refused(value):
+    with pytest.raises(ValueError, match=r"keep_checkpoints=.*; expected epochs in 1\.\.60 separated by commas"):
+        TrainConfig(data_root="x", epochs=60, keep_checkpoints=value).validate()
