@@ -55,8 +55,8 @@ from .models import create_model, pad_to_multiple
 # (how a step is computed is not what is trained: precision, layout, compilation and graph
 # capture may change between chunks of one run)
 RESUMABLE_DIFFERENCES = {"out_dir", "data_root", "device", "checkpoint_every", "keep_checkpoints", "eval_every",
-                         "progress", "dvclive", "num_threads", "on_config_change", "precision", "channels_last", "compile",
-                         "cuda_graph", "allow_split_overlap"}
+                         "progress", "dvclive", "num_threads", "on_config_change", "precision", "channels_last",
+                         "compile", "cuda_graph", "allow_split_overlap"}
 
 
 @dataclass
