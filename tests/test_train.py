@@ -120,7 +120,10 @@ def test_interrupted_run_says_what_is_kept_in_one_line_and_resumes(tiny_data, tm
     take it over), and the same command resumes to the end."""
     cfg = tiny_cfg(tiny_data, tmp_path / "run", epochs=40)
     ckpt = Path(cfg.out_dir) / CHECKPOINT_NAME
-    proc = subprocess.Popen(_train_cmd(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a command started in the background of a shell script
+    # (as a test run may be) inherits SIGINT ignored, and Python then installs no Ctrl-C handler
+    proc = subprocess.Popen(_train_cmd(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not ckpt.is_file():
         time.sleep(0.01)
