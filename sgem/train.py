@@ -168,10 +168,10 @@ class TrainConfig:
         if self.eval_every < 0:
             bad("eval_every", "an integer >= 0")
         try:
-            kept = self.kept_epochs
-        except ValueError:
-            kept = None
-        if kept is None or not all(1 <= e <= self.epochs for e in kept):
+            kept_ok = all(1 <= e <= self.epochs for e in self.kept_epochs)
+        except ValueError:   # an entry that is not an integer
+            kept_ok = False
+        if not kept_ok:
             bad("keep_checkpoints", f"epochs in 1..{self.epochs} separated by commas, e.g. '15,40,60' ('': none)")
         if self.on_config_change not in ("error", "restart"):
             bad("on_config_change", "'error' or 'restart'")
