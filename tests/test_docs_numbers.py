@@ -206,7 +206,7 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
                           ("| O, official split, seed 0, `unet` |", ["O_official_unet_s0"]),
                           ("| Q, official split, seeds 0 and 1 |", ["Q_official_sgem_unet_s0", "Q_official_sgem_unet_s1"]),
                           ("| P, official split, seeds 0 and 1 |", ["P_official_sgem_unet_s0", "P_official_sgem_unet_s1"]),
-                          ("| R, official split, seed 1 |", ["R_official_sgem_unet_s1"]),
+                          ("| R, official split, seeds 0 and 1 |", ["R_official_sgem_unet_s0", "R_official_sgem_unet_s1"]),
                           ("| B, official split, seed 0 (the shipped weights) |", ["B_official_sgem_unet_s0"]),
                           ("| B, official split, seed 1 |", ["B_official_sgem_unet_s1"]),
                           ("| B, official split, `unet` seeds 0 and 1 |", ["B_official_unet_s0", "B_official_unet_s1"]),
@@ -249,6 +249,14 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
     p1 = json.loads((REPO / "reports" / "cpu_pilots" / "P_official" / "sgem_unet_s1_history.json").read_text())[-1]
     assert p1["epoch"] == 100 and f"IoU **{pct(p1['test/iou'])}** (seed 1; with the recalibration " \
                                   f"{pct(s1['test/iou'])})" in flat
+    r = [json.loads((REPO / "reports" / "cpu_pilots" / "R_official" / f"sgem_unet_s{s}_history.json").read_text())[-1]
+         for s in (0, 1)]
+    assert r[0]["epoch"] == r[1]["epoch"] == 100
+    quoted = [f"**{pct(x['test/iou'])}** (seed {s}; nIoU {pct(x['test/niou'])}, Pd {pct(x['test/pd'])} %, "
+              f"Fa {x['test/fa'] * 1e6:.1f}e-6)" for s, x in enumerate(r)]
+    assert f"IoU {quoted[0]} and {quoted[1]}, mean {50 * (r[0]['test/iou'] + r[1]['test/iou']):.2f}" in flat
+    assert f"ends at {pct(r[0]['test/iou'])} and {pct(r[1]['test/iou'])} " \
+           f"(mean {50 * (r[0]['test/iou'] + r[1]['test/iou']):.2f}," in " ".join(README.split())
 
 
 def _pilot_script(name: str):
@@ -265,10 +273,10 @@ def test_fit_check_against_test_table_comes_from_its_files():
     """reports/cpu_pilots/fit_vs_test.md is what its script computes from the fit checks and test rows."""
     module = _pilot_script("fit_vs_test")
     rows = module.rows()
-    assert len(rows) == 10 and {r["protocol"] for r in rows} == {"B", "G", "L", "O"}
+    assert len(rows) == 12 and {r["protocol"] for r in rows} == {"B", "G", "L", "O", "R"}
     table = module.markdown(rows)
     assert (REPO / "reports" / "cpu_pilots" / "fit_vs_test.md").read_text() == table
-    rho = re.search(r"over the 10 runs: (\d\.\d{3})", table).group(1)
+    rho = re.search(r"over the 12 runs: (\d\.\d{3})", table).group(1)
     for doc in (REPO / "docs" / "training.md", REPO / "reports" / "cpu_pilots" / "README.md"):
         assert f"Spearman {rho}" in " ".join(doc.read_text().split()), doc
 
@@ -282,3 +290,5 @@ def test_two_seed_gate_takes_its_bar_from_b_and_judges_o_as_written():
     b, o = gate.judge("B", bar), gate.judge("O", bar)
     assert b["over"] == [0, 0] and abs(b["mean"] - bar) < 1e-12 and not b["passes"]
     assert o["over"] == [1, 3] and not o["passes"]
+    r = gate.judge("R", bar)
+    assert r["over"] == [2, 0] and r["mean"] > bar and not r["passes"]   # a mean above the bar does not outweigh a seed over
