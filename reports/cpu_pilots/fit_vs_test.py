@@ -2,7 +2,7 @@
 runs that have both a fit check (`fit_check/*.json`: every third official training image, 221,
 full size) and a last-epoch test row, side by side, with their rank correlation.
 
-This reads test rows that were published before it was written; it is a check of the fit check
+The first ten runs' test rows were published before it was written; it is a check of the fit check
 as a gate, after the fact, and selects nothing.
 
     PYTHONPATH=. python reports/cpu_pilots/fit_vs_test.py
@@ -30,8 +30,8 @@ REPO = HERE.parents[1]
 RUNS = [("B", "sgem_unet", 0), ("B", "sgem_unet", 1), ("B", "unet", 0), ("B", "unet", 1),
         ("G", "sgem_unet", 0), ("G", "unet", 0), ("L", "sgem_unet", 0),
         ("O", "sgem_unet", 0), ("O", "sgem_unet", 1), ("O", "unet", 0),
-        # R's two, added after its decision: their fit checks were made before their test rows were read
-        # (the first ten were not); both share O's first 15 epochs, then go their own way
+        # added 2026-11-28, their fit checks made before their test rows were read (the first ten's were
+        # not): R's two (both share O's first 15 epochs, then go their own way) and O's unet seed 1
         ("R", "sgem_unet", 0), ("R", "sgem_unet", 1), ("O", "unet", 1)]
 
 
