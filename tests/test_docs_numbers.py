@@ -220,41 +220,38 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
         assert cells[2] == ", ".join(str(w["model"]["images_over_100_false_alarm_pixels"]) for w in runs), (marker, cells)
     flat = " ".join(doc.split())
     for model in ("sgem_unet", "unet"):
-        last = json.loads((REPO / "reports" / "cpu_pilots" / "G_official" / f"{model}_s0_history.json").read_text())[-1]
+        last = _last_epoch("G", model, 0)
         assert f"**{pct(last['test/iou'])}** for `{model}`" in flat, model
-    last = json.loads((REPO / "reports" / "cpu_pilots" / "L_official" / "sgem_unet_s0_history.json").read_text())[-1]
+    last = _last_epoch("L", "sgem_unet", 0)
     assert f"IoU **{pct(last['test/iou'])}** for `sgem_unet` (nIoU {pct(last['test/niou'])}, " \
            f"Pd {pct(last['test/pd'])} %, Fa {last['test/fa'] * 1e6:.1f}e-6)" in flat
-    o = {m: json.loads((REPO / "reports" / "cpu_pilots" / "O_official" / f"{m}_s0_history.json").read_text())[-1]
-         for m in ("sgem_unet", "unet")}
+    o = {m: _last_epoch("O", m, 0) for m in ("sgem_unet", "unet")}
     assert f"IoU **{pct(o['sgem_unet']['test/iou'])}**, nIoU {pct(o['sgem_unet']['test/niou'])}, " \
            f"F1 {pct(o['sgem_unet']['test/f1'])}, Pd {pct(o['sgem_unet']['test/pd'])} %, " \
            f"Fa {o['sgem_unet']['test/fa'] * 1e6:.1f}e-6" in flat
     assert f"test IoU {pct(o['unet']['test/iou'])} (nIoU {pct(o['unet']['test/niou'])}, F1 {pct(o['unet']['test/f1'])}, " \
            f"Pd {pct(o['unet']['test/pd'])} %, Fa {o['unet']['test/fa'] * 1e6:.1f}e-6), " \
            f"{100 * (o['sgem_unet']['test/iou'] - o['unet']['test/iou']):.2f} points below" in flat
-    u1 = json.loads((REPO / "reports" / "cpu_pilots" / "O_official" / "unet_s1_history.json").read_text())[-1]
+    u1 = _last_epoch("O", "unet", 1)
     assert u1["epoch"] == 100 and f"IoU **{pct(u1['test/iou'])}** (nIoU {pct(u1['test/niou'])}, Pd {pct(u1['test/pd'])} %, " \
                                   f"Fa {u1['test/fa'] * 1e6:.1f}e-6)" in flat
     assert f"`unet` averages {50 * (o['unet']['test/iou'] + u1['test/iou']):.2f}" in flat
-    s1 = json.loads((REPO / "reports" / "cpu_pilots" / "O_official" / "sgem_unet_s1_history.json").read_text())[-1]
+    s1 = _last_epoch("O", "sgem_unet", 1)
     assert f"IoU **{pct(s1['test/iou'])}**, nIoU {pct(s1['test/niou'])}, F1 {pct(s1['test/f1'])}, " \
            f"Pd {pct(s1['test/pd'])} %, Fa {s1['test/fa'] * 1e6:.1f}e-6, " \
            f"{100 * (o['sgem_unet']['test/iou'] - s1['test/iou']):.2f} points below seed 0 " \
            f"(mean of the two seeds {50 * (o['sgem_unet']['test/iou'] + s1['test/iou']):.2f}" in flat
     assert s1["epoch"] == 100 and f"ends at {pct(s1['test/iou'])}" in " ".join(README.split())
-    q = [json.loads((REPO / "reports" / "cpu_pilots" / "Q_official" / f"sgem_unet_s{s}_history.json").read_text())[-1]
-         for s in (0, 1)]
+    q = [_last_epoch("Q", "sgem_unet", s) for s in (0, 1)]
     assert q[0]["epoch"] == q[1]["epoch"] == 100
     assert f"IoU **{pct(q[0]['test/iou'])}** (seed 0) and **{pct(q[1]['test/iou'])}** (seed 1), " \
            f"{100 * (q[0]['test/iou'] - q[1]['test/iou']):.2f} points apart" in flat
-    p0 = json.loads((REPO / "reports" / "cpu_pilots" / "P_official" / "sgem_unet_s0_history.json").read_text())[-1]
+    p0 = _last_epoch("P", "sgem_unet", 0)
     assert p0["epoch"] == 100 and f"test IoU **{pct(p0['test/iou'])}**." in flat
-    p1 = json.loads((REPO / "reports" / "cpu_pilots" / "P_official" / "sgem_unet_s1_history.json").read_text())[-1]
+    p1 = _last_epoch("P", "sgem_unet", 1)
     assert p1["epoch"] == 100 and f"IoU **{pct(p1['test/iou'])}** (seed 1; with the recalibration " \
                                   f"{pct(s1['test/iou'])})" in flat
-    r = [json.loads((REPO / "reports" / "cpu_pilots" / "R_official" / f"sgem_unet_s{s}_history.json").read_text())[-1]
-         for s in (0, 1)]
+    r = [_last_epoch("R", "sgem_unet", s) for s in (0, 1)]
     assert r[0]["epoch"] == r[1]["epoch"] == 100
     quoted = [f"**{pct(x['test/iou'])}** (seed {s}; nIoU {pct(x['test/niou'])}, Pd {pct(x['test/pd'])} %, "
               f"Fa {x['test/fa'] * 1e6:.1f}e-6)" for s, x in enumerate(r)]
@@ -262,6 +259,12 @@ def test_training_doc_fit_check_rows_and_official_pilot_results_come_from_their_
     for text in (README, (REPO / "reports" / "cpu" / "README.md").read_text()):
         assert f"ends at {pct(r[0]['test/iou'])} and {pct(r[1]['test/iou'])} " \
                f"(mean {50 * (r[0]['test/iou'] + r[1]['test/iou']):.2f}," in " ".join(text.split())
+
+
+def _last_epoch(protocol: str, model: str, seed: int) -> dict:
+    """The last history row (with its test keys) of an official-split pilot run."""
+    path = REPO / "reports" / "cpu_pilots" / f"{protocol}_official" / f"{model}_s{seed}_history.json"
+    return json.loads(path.read_text())[-1]
 
 
 def _pilot_script(name: str):
