@@ -96,6 +96,26 @@ def test_profile_groups_kernels_by_what_they_do(kernel, group):
     assert _tool("gpu_profile")._group(kernel) == group
 
 
+def test_profile_compile_experiment_records_each_setting_and_a_failure_without_stopping(tmp_path):
+    """`tools/gpu_profile.py --compile`: a setting that fails (here an unknown compile mode) is
+    recorded with its error, the others keep their figures, and the JSON is written."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "sgem", "make-synthetic", str(data), "--n", "16", "--size", "64"], cwd=REPO,
+                   check=True, capture_output=True)
+    out = tmp_path / "probe.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-u", "tools/gpu_profile.py", str(data), str(out), "--device", "cpu",
+                        "--models", "unet", "--batch", "1", "--probe-steps", "2", "--compile", "no-such-mode",
+                        "--no-profile"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    tp = result["models"]["unet"]["throughput"]
+    assert result["compile"] == ["no-such-mode"]
+    assert tp["bf16+cl eager"]["images_per_s"] > 0 and tp["bf16+cl eager"]["step_mode"] == "eager"
+    assert "no-such-mode" in tp["bf16+cl compile[no-such-mode] eager"]["error"]
+    assert "gpu_us_per_step" not in result["models"]["unet"]      # --no-profile: throughput only
+
+
 @pytest.mark.slow
 def test_gpu_check_runs_end_to_end_on_a_cpu(tmp_path):
     """The check's dry run on a CPU: every stage, the trainer's stop/resume on its tiny split included."""

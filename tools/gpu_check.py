@@ -44,9 +44,13 @@ def _sync(dev: torch.device) -> None:
 
 
 def _steps(data, model_name: str, *, batch: int, n: int, precision: str, channels_last: bool, cuda_graph: bool,
-           mean: float, std: float, seed: int = 0, timed_from: int = 5, after_step=None):
+           mean: float, std: float, seed: int = 0, timed_from: int = 5, after_step=None,
+           compile_mode: str | None = None):
     """Train ``n`` steps from seeded weights; return (losses, per-step seconds, runner).
-    ``after_step`` (optional) is called after each synchronised step (a profiler's schedule)."""
+    ``after_step`` (optional) is called after each synchronised step (a profiler's schedule).
+    ``compile_mode`` (an experiment): the forward is ``torch.compile``'d with that mode
+    ("default" for torch's default) before the step runner sees it; the first steps then
+    hold the compilation, so keep ``timed_from`` past them."""
     from sgem.losses import SoftIoULoss
     from sgem.models import create_model
     from sgem.train import StepRunner, TrainConfig, build_optimizer, epoch_generator
@@ -59,7 +63,10 @@ def _steps(data, model_name: str, *, batch: int, n: int, precision: str, channel
     model.train()
     cfg = TrainConfig(data_root="x", batch_size=batch)
     opt = build_optimizer(cfg, model.parameters(), fused=True)
-    runner = StepRunner(model, model, SoftIoULoss(), opt, device=dev,
+    net = model
+    if compile_mode:
+        net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode)
+    runner = StepRunner(net, model, SoftIoULoss(), opt, device=dev,
                         autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
                         cuda_graph=cuda_graph, log=_say)
     gen = epoch_generator(seed, 0)

@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def main() -> int:
     ap.add_argument("--upsample-bf16", action="store_true",
                     help="an experiment, not the paper's model: bilinear upsampling in bf16 (autocast runs it "
                          "in fp32) by patching torch.nn.functional.interpolate for this process")
+    ap.add_argument("--compile", nargs="*", default=[], metavar="MODE",
+                    help="an experiment: also time the step with the forward torch.compile'd in these modes "
+                         "(default, max-autotune-no-cudagraphs, ...), eager and under the CUDA-graph capture")
+    ap.add_argument("--no-profile", action="store_true", help="throughput only, no torch.profiler pass")
     args = ap.parse_args()
     if args.upsample_bf16:
         _patch_interpolate_bf16()
@@ -66,7 +71,7 @@ def main() -> int:
     dev = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
     result: dict = {"environment": environment_info(dev), "batch": args.batch, "models": {},
-                    "upsample_bf16": args.upsample_bf16}
+                    "upsample_bf16": args.upsample_bf16, "compile": args.compile}
     _, images, masks = load_split(args.data, "train")
     mean, std = image_stats(images)
     data = DeviceData(images, masks, dev)
@@ -75,13 +80,31 @@ def main() -> int:
     for name in args.models:
         entry: dict = {"throughput": {}}
         kw = dict(batch=args.batch, n=args.probe_steps, precision="bf16", channels_last=True, mean=mean, std=std)
-        for label, graph in (("bf16+cl eager", False), ("bf16+cl graph", True)):
+        settings = [("bf16+cl eager", False, None), ("bf16+cl graph", True, None)]
+        for mode in args.compile:
+            settings += [(f"bf16+cl compile[{mode}] eager", False, mode), (f"bf16+cl compile[{mode}] graph", True, mode)]
+        for label, graph, mode in settings:
             if graph and not on_gpu:
                 continue
-            _, times, _ = _steps(data, name, cuda_graph=graph, **kw)
+            t0 = time.perf_counter()
+            try:
+                losses, times, runner = _steps(data, name, cuda_graph=graph, compile_mode=mode,
+                                               timed_from=min(10 if mode else 5, args.probe_steps - 1), **kw)
+            except Exception as exc:  # an experiment: record the failure and go on with the next setting
+                entry["throughput"][label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                _say(f"{name} {label}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
+                continue
             med = statistics.median(times)
-            entry["throughput"][label] = {"step_ms_median": med * 1e3, "images_per_s": args.batch / med}
-            _say(f"{name} {label}: {med * 1e3:.2f} ms/step, {args.batch / med:.0f} images/s")
+            entry["throughput"][label] = {"step_ms_median": med * 1e3, "images_per_s": args.batch / med,
+                                          "wall_s": time.perf_counter() - t0, "loss_first_last": [losses[0], losses[-1]],
+                                          "step_mode": runner.mode, "fallback": runner.fallback}
+            _say(f"{name} {label}: {med * 1e3:.2f} ms/step, {args.batch / med:.0f} images/s "
+                 f"({runner.mode}{', fallback: ' + runner.fallback if runner.fallback else ''}; "
+                 f"{time.perf_counter() - t0:.0f} s with compilation; loss {losses[0]:.4f} -> {losses[-1]:.4f})")
+            result["models"][name] = entry
+            _write(args.out, result)  # after every setting: a run stopped at a time limit keeps what it measured
+        if args.no_profile:
+            continue
         # the profile: 10 warm-up steps then 5 profiled (a fresh model and runner, eager)
         with torch.profiler.profile(activities=acts, schedule=torch.profiler.schedule(wait=0, warmup=10, active=5,
                                                                               repeat=1)) as prof:
@@ -113,9 +136,16 @@ def main() -> int:
              + ", ".join(f"{g} {t / 1e3:.2f}" for g, t in entry["groups_us_per_step"].items()))
         for k, (t, c) in top[:6]:
             _say(f"   {t / 1e3:6.2f} ms  x{c:<4d} {k[:110]}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    _write(args.out, result)
     return 0
+
+
+def _write(out: str, result: dict) -> None:
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(path)
 
 
 def _patch_interpolate_bf16() -> None:
