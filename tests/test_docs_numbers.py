@@ -300,3 +300,26 @@ def test_two_seed_gate_takes_its_bar_from_b_and_judges_o_as_written():
     assert o["over"] == [1, 3] and not o["passes"]
     r = gate.judge("R", bar)
     assert r["over"] == [2, 0] and r["mean"] > bar and not r["passes"]   # a mean above the bar does not outweigh a seed over
+
+
+def _absolute_paths(obj, where=()):
+    """(key path, value) of every string in a JSON document that is an absolute file path."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _absolute_paths(v, (*where, k))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _absolute_paths(v, (*where, i))
+    elif isinstance(obj, str) and re.match(r"^/[\w.-]+/", obj):
+        yield where, obj
+
+
+def test_committed_reports_record_paths_relative_to_the_repository():
+    """A report records where its inputs were as a reader's clone names them (runs/..., data/...),
+    never the folders of the machine that made it."""
+    import subprocess
+    r = subprocess.run(["git", "ls-files", "reports/*.json"], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        pytest.skip("not a git checkout")
+    bad = [(f, hit) for f in r.stdout.split() for hit in _absolute_paths(json.loads((REPO / f).read_text()))]
+    assert not bad, bad[:5]
