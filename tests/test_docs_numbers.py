@@ -281,10 +281,10 @@ def test_fit_check_against_test_table_comes_from_its_files():
     """reports/cpu_pilots/fit_vs_test.md is what its script computes from the fit checks and test rows."""
     module = _pilot_script("fit_vs_test")
     rows = module.rows()
-    assert len(rows) == 13 and {r["protocol"] for r in rows} == {"B", "G", "L", "O", "R"}
+    assert len(rows) == 15 and {r["protocol"] for r in rows} == {"B", "G", "L", "O", "R", "S"}
     table = module.markdown(rows)
     assert (REPO / "reports" / "cpu_pilots" / "fit_vs_test.md").read_text() == table
-    rho = re.search(r"over the 13 runs: (\d\.\d{3})", table).group(1)
+    rho = re.search(r"over the 15 runs: (\d\.\d{3})", table).group(1)
     for doc in (REPO / "docs" / "training.md", REPO / "reports" / "cpu_pilots" / "README.md"):
         assert f"Spearman {rho}" in " ".join(doc.read_text().split()), doc
 
@@ -300,6 +300,8 @@ def test_two_seed_gate_takes_its_bar_from_b_and_judges_o_as_written():
     assert o["over"] == [1, 3] and not o["passes"]
     r = gate.judge("R", bar)
     assert r["over"] == [2, 0] and r["mean"] > bar and not r["passes"]   # a mean above the bar does not outweigh a seed over
+    s = gate.judge("S", bar)
+    assert s["over"] == [0, 0] and s["mean"] > bar and s["passes"]     # the adopted protocol (params.cpu.yaml)
 
 
 def _absolute_paths(obj, where=()):

@@ -25,14 +25,16 @@ REPO = HERE.parents[1]
 
 
 # (protocol, model, seed) of every official-split run with both a fit check and a test row; the fit
-# check is fit_check/<P>_official_<model>_s<seed>.json; B's test rows are in reports/cpu/train/ablation.json
-# (the profile's runs), the others' in the last row of <P>_official/<model>_s<seed>_history.json
+# check is fit_check/<P>_official_<model>_s<seed>.json; B's test rows are in B_official/ablation.json
+# (the profile's runs until S was adopted), the others' in the last row of <P>_official/<model>_s<seed>_history.json
 RUNS = [("B", "sgem_unet", 0), ("B", "sgem_unet", 1), ("B", "unet", 0), ("B", "unet", 1),
         ("G", "sgem_unet", 0), ("G", "unet", 0), ("L", "sgem_unet", 0),
         ("O", "sgem_unet", 0), ("O", "sgem_unet", 1), ("O", "unet", 0),
         # added 2026-11-28, their fit checks made before their test rows were read (the first ten's were
         # not): R's two (both share O's first 15 epochs, then go their own way) and O's unet seed 1
-        ("R", "sgem_unet", 0), ("R", "sgem_unet", 1), ("O", "unet", 1)]
+        ("R", "sgem_unet", 0), ("R", "sgem_unet", 1), ("O", "unet", 1),
+        # added 2026-12-04: S's two (the adopted protocol), fit checks made before their test rows were read
+        ("S", "sgem_unet", 0), ("S", "sgem_unet", 1)]
 
 
 def _test_row(protocol: str, model: str, seed: int, ablation: dict) -> tuple[float, float]:
@@ -46,7 +48,7 @@ def _test_row(protocol: str, model: str, seed: int, ablation: dict) -> tuple[flo
 
 def rows() -> list[dict]:
     """One row per run, sorted by fit check IoU."""
-    ablation = json.loads((REPO / "reports" / "cpu" / "train" / "ablation.json").read_text())
+    ablation = json.loads((HERE / "B_official" / "ablation.json").read_text())
     out = []
     for protocol, model, seed in RUNS:
         check = json.loads((HERE / "fit_check" / f"{protocol}_official_{model}_s{seed}.json").read_text())
@@ -86,12 +88,12 @@ LABEL_AT = {"B sgem_unet s0": (62.0, 78.4), "B sgem_unet s1": (74.5, 74.2), "B u
             "B unet s0": (76.6, 76.4), "O sgem_unet s0": (63.5, 81.0), "G unet s0": (78.6, 77.6),
             "O unet s0": (79.4, 82.6), "L sgem_unet s0": (60.5, 75.4), "O sgem_unet s1": (58.5, 73.6),
             "G sgem_unet s0": (53.0, 62.4), "R sgem_unet s0": (76.0, 72.0), "R sgem_unet s1": (64.5, 83.0),
-            "O unet s1": (80.0, 80.8)}
+            "O unet s1": (80.0, 80.8), "S sgem_unet s0": (72.0, 83.0), "S sgem_unet s1": (80.6, 76.0)}
 
 
 def figure(rs: list[dict]) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    colours = {"B": "C0", "G": "C3", "L": "C2", "O": "C1", "R": "C4"}
+    colours = {"B": "C0", "G": "C3", "L": "C2", "O": "C1", "R": "C4", "S": "C5"}
     for r in rs:
         ax.scatter(100 * r["fit_iou"], 100 * r["test_iou"], color=colours[r["protocol"]],
                    marker="o" if r["model"] == "sgem_unet" else "s", s=45, zorder=3)

@@ -8,7 +8,7 @@ with seeds 0 and 1 (the spread of O's result).
 import json
 from sgem.plots import runs_comparison, save
 load = lambda p: json.load(open(p))
-runs = {"B (the profile), seed 0": load("reports/cpu/train/history.json"),
+runs = {"B (the profile), seed 0": load("reports/cpu_pilots/B_official/sgem_unet_s0_history.json"),
         "O: clipped in epochs 1-75, seed 0": load("reports/cpu_pilots/O_official/sgem_unet_s0_history.json"),
         "L: clipped throughout, 130 epochs, seed 0": load("reports/cpu_pilots/L_official/sgem_unet_s0_history.json")}
 save(runs_comparison(runs, "sgem_unet on the NUDT-SIRST official split, cpu protocols B, O and L (O and L not adopted)"),
