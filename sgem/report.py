@@ -95,8 +95,12 @@ def provenance(stage: str, params: dict[str, Any], *, device: str | None = None)
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
+        # tracked files that differ from that commit: the report was made from these edits too
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                text=True, timeout=10)
+        modified = sorted(line[3:] for line in status.stdout.splitlines()) if commit and status.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit = modified = None
     return {
         "stage": stage,
         "command": f"dvc repro {stage}  (papermill notebooks/{stage.split('@')[0]}.ipynb with these params)",
@@ -105,6 +109,7 @@ def provenance(stage: str, params: dict[str, Any], *, device: str | None = None)
                      "python": platform.python_version()},
         "device": device,
         "git_commit": commit,
+        "git_modified": modified,   # [] for a clean checkout; null outside git
         "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 

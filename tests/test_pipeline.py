@@ -216,3 +216,28 @@ def test_stages_run_notebooks_with_an_encrypted_kernel_connection(tmp_path):
                 "in.ipynb", "out.ipynb"], tmp_path, timeout=300)
     assert "without encryption" not in out and "WARNING" not in out, out[-2000:]
     assert json.loads((tmp_path / "out.ipynb").read_text())["cells"][0]["outputs"][0]["text"] in ("42\n", ["42\n"])
+
+
+def test_provenance_names_the_commit_and_the_tracked_files_edited_since(tmp_path, monkeypatch):
+    """A report made from uncommitted edits says so: its commit alone would claim the committed files."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None:
+        pytest.skip("git not installed")
+    from sgem.report import provenance
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("epochs: 1\n")
+    git("add", "params.yaml")
+    git("commit", "-qm", "one")
+    monkeypatch.chdir(tmp_path)
+    clean = provenance("train@x", {})
+    assert clean["git_commit"] and clean["git_modified"] == []
+    (tmp_path / "params.yaml").write_text("epochs: 2\n")
+    (tmp_path / "untracked.txt").write_text("not part of the run\n")
+    assert provenance("train@x", {})["git_modified"] == ["params.yaml"]
