@@ -329,3 +329,15 @@ def test_committed_reports_record_paths_relative_to_the_repository():
         pytest.skip("not a git checkout")
     bad = [(f, hit) for f in r.stdout.split() for hit in _absolute_paths(json.loads((REPO / f).read_text()))]
     assert not bad, bad[:5]
+
+
+def test_cpu_profile_timing_on_the_epyc_comes_from_its_measurement():
+    hist = json.loads((REPO / "reports" / "cpu_pilots" / "epyc_bf16_timing_history.json").read_text())
+    crop = next(r for r in hist if r["epoch"] == 2)    # epoch 1 holds the warm-up of the kernels
+    full = next(r for r in hist if r["train/crop"] == 256)
+    assert crop["train/crop"] == 128
+    quote = f"{crop['train/seconds']:.0f} s per crop epoch and {full['train/seconds']:.0f} s per full-size epoch"
+    minutes = (60 * round(crop["train/seconds"]) + 12 * round(full["train/seconds"])) / 60 + 3
+    for doc in ("docs/training.md", "reports/cpu/README.md"):
+        text = " ".join((REPO / doc).read_text().split())
+        assert quote in text and f"~{minutes:.0f} minutes" in text.replace("**", ""), doc
