@@ -149,7 +149,9 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
     cpu = yaml.safe_load((clone / "params.cpu.yaml").read_text())
     tiny = {**TINY, "data": {**cpu["data"], "overview_images": 4},
             "train": {**cpu["train"], **TINY["train"], "epochs": 3, "warmup_epochs": 1, "final_epochs": 1,
-                      "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error"},
+                      "final_crop_size": 64, "ema_decay": 0.9, "on_config_change": "error",
+                      # clipping, if the profile clips, for the first 2 of the 3 epochs (as S: the high-lr part)
+                      **({"grad_clip_epochs": 2} if cpu["train"].get("grad_clip_epochs") else {})},
             "deploy": {**cpu["deploy"], "calibration": 4, "batches": "1", "warmup_s": 0.1, "budget_s": 0.3,
                        "compile_flag": "", "openvino_flag": ""},
             "ablation": cpu["ablation"]}
@@ -166,6 +168,8 @@ def test_cpu_profile_stages_run_on_tiny_data(tmp_path):
     assert summary["resolved"]["precision"] in ("bf16", "fp32") and summary["complete"]
     history = json.loads((clone / "reports" / "cpu" / "train" / "history.json").read_text())
     assert [r["train/crop"] for r in history] == [32, 32, 64]
+    if cpu["train"].get("grad_clip"):   # the profile's clipping reaches the trainer, and ends where it says
+        assert [r.get("train/grad_clip", 0.0) for r in history] == [cpu["train"]["grad_clip"]] * 2 + [0.0]
     # the ablation: unet under the same protocol and seed, beside sgem_unet, in the ablation table and Table 1
     abl = json.loads((clone / "reports" / "cpu" / "train" / "ablation.json").read_text())
     seeds = cpu["ablation"]["seeds"] or [tiny["train"]["seed"]]   # the profile's seeds ([]: train's own)
