@@ -96,6 +96,7 @@ def test_profile_groups_kernels_by_what_they_do(kernel, group):
     assert _tool("gpu_profile")._group(kernel) == group
 
 
+@pytest.mark.slow   # ~10-30 s of model steps on a CPU; the default run stays under its 10-minute budget
 def test_profile_compile_experiment_records_each_setting_and_a_failure_without_stopping(tmp_path):
     """`tools/gpu_profile.py --compile`: a setting that fails (here an unknown compile mode) is
     recorded with its error, the others keep their figures, and the JSON is written."""
