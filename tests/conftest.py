@@ -24,6 +24,20 @@ def real_dataset(name: str) -> Path | None:
     return None
 
 
+def tracked_files(pattern: str) -> list[str]:
+    """The repository's files under git that match ``pattern`` (git's pathspec); skips the
+    calling test outside a git checkout, where what is committed cannot be told apart."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["git", "ls-files", pattern], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except OSError:
+        pytest.skip("git not installed")
+    if r.returncode != 0 or not r.stdout.strip():
+        pytest.skip("not a git checkout")
+    return r.stdout.split()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import real_dataset
+from conftest import real_dataset, tracked_files
 
 from sgem.data import find_image, load_image, load_mask, read_split
 from sgem.evaluate import evaluate_arrays, predict_probs
@@ -111,13 +111,8 @@ def test_cpu_profile_weights_score_a_few_test_images_as_the_full_split_did():
 def test_committed_weights_record_paths_relative_to_the_repository():
     """A shipped weights file records where its run and data were as a reader's clone names them
     (runs/..., data/...), never the folders of the machine that trained it."""
-    import subprocess
-
     import torch
-    r = subprocess.run(["git", "ls-files", "*.pt"], cwd=REPO, capture_output=True, text=True)
-    if r.returncode != 0 or not r.stdout.strip():
-        pytest.skip("not a git checkout")
-    for f in r.stdout.split():
+    for f in tracked_files("*.pt"):
         config = torch.load(REPO / f, map_location="cpu", weights_only=True).get("config", {})
         for key in ("out_dir", "data_root"):
             assert not str(config.get(key, "")).startswith("/"), (f, key, config.get(key))

@@ -14,7 +14,6 @@ are comparable; absolute figures depend on the card and the software stack.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -65,6 +64,7 @@ def main() -> int:
     if args.upsample_bf16:
         _patch_interpolate_bf16()
     from sgem.data import image_stats, load_split
+    from sgem.io import atomic_write_json
     from sgem.profiling import environment_info
     from sgem.train import DeviceData
 
@@ -94,15 +94,15 @@ def main() -> int:
                 entry["throughput"][label] = {"error": f"{type(exc).__name__}: {str(exc)[:300]}"}
                 _say(f"{name} {label}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
                 continue
-            med = statistics.median(times)
+            med, wall = statistics.median(times), time.perf_counter() - t0
             entry["throughput"][label] = {"step_ms_median": med * 1e3, "images_per_s": args.batch / med,
-                                          "wall_s": time.perf_counter() - t0, "loss_first_last": [losses[0], losses[-1]],
+                                          "wall_s": wall, "loss_first_last": [losses[0], losses[-1]],
                                           "step_mode": runner.mode, "fallback": runner.fallback}
             _say(f"{name} {label}: {med * 1e3:.2f} ms/step, {args.batch / med:.0f} images/s "
                  f"({runner.mode}{', fallback: ' + runner.fallback if runner.fallback else ''}; "
-                 f"{time.perf_counter() - t0:.0f} s with compilation; loss {losses[0]:.4f} -> {losses[-1]:.4f})")
+                 f"{wall:.0f} s with compilation; loss {losses[0]:.4f} -> {losses[-1]:.4f})")
             result["models"][name] = entry
-            _write(args.out, result)  # after every setting: a run stopped at a time limit keeps what it measured
+            atomic_write_json(args.out, result)  # after every setting: a run stopped at a time limit keeps what it measured
         if args.no_profile:
             continue
         # the profile: 10 warm-up steps then 5 profiled (a fresh model and runner, eager)
@@ -136,16 +136,8 @@ def main() -> int:
              + ", ".join(f"{g} {t / 1e3:.2f}" for g, t in entry["groups_us_per_step"].items()))
         for k, (t, c) in top[:6]:
             _say(f"   {t / 1e3:6.2f} ms  x{c:<4d} {k[:110]}")
-    _write(args.out, result)
+    atomic_write_json(args.out, result)
     return 0
-
-
-def _write(out: str, result: dict) -> None:
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def _patch_interpolate_bf16() -> None:
