@@ -149,3 +149,24 @@ def test_job_trains_the_named_model_and_seed_and_exports_it_in_parts(tmp_path):
     assert (cfg["model"], cfg["seed"]) == ("unet", 3)
     for prec in ("fp16", "fp32"):
         assert (run / "final" / f"unet_{prec}.pt.parts.json").exists()
+
+
+@pytest.mark.parametrize("tool", ["gpu_check", "gpu_profile"])
+def test_tools_find_sgem_from_their_checkout_without_pythonpath(tool, tmp_path):
+    """On the GPU machine sgem is installed nowhere and the documented commands set no
+    PYTHONPATH: each tool must import sgem from its own checkout, from any working directory.
+    The child drops the checkout from sys.path (where an editable install put it) to be that
+    machine; a dataset that does not exist then fails on the dataset, not on the import."""
+    code = ("import runpy, sys; from pathlib import Path; repo = Path(sys.argv[1]).resolve(); "
+            "sys.path[:] = [p for p in sys.path if p and Path(p).resolve() != repo]; "
+            "sys.argv = sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+    out = tmp_path / "out.json"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([sys.executable, "-c", code, str(REPO), str(REPO / "tools" / f"{tool}.py"),
+                        str(tmp_path / "no-such-data"), str(out), "--device", "cpu"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    said = r.stdout + r.stderr + (out.read_text() if out.exists() else "")
+    assert r.returncode != 0
+    assert "No module named" not in said, said[-2000:]
+    assert "no known dataset layout" in said, said[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]

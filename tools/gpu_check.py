@@ -2,7 +2,7 @@
 
 Run from the repository root with the machine's own torch (no install needed):
 
-    PYTHONPATH=. python3 -u tools/gpu_check.py DATA_ROOT OUT_JSON [--model sgem_unet] [--batch 8]
+    python3 -u tools/gpu_check.py DATA_ROOT OUT_JSON [--model sgem_unet] [--batch 8]
 
 What it does, failing fast with one line per problem:
 
@@ -32,6 +32,10 @@ import traceback
 from pathlib import Path
 
 import torch
+
+# sgem from this checkout, whatever the working directory and PYTHONPATH (the GPU machine has
+# it installed nowhere): the repository root is this file's grandparent
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _say(msg: str) -> None:

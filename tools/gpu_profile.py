@@ -1,6 +1,6 @@
 """Where a training step's GPU time goes, for several models in one process (docs/gpu.md).
 
-    PYTHONPATH=. python3 -u tools/gpu_profile.py DATA_ROOT OUT_JSON [--models sgem_unet unet]
+    python3 -u tools/gpu_profile.py DATA_ROOT OUT_JSON [--models sgem_unet unet]
 
 For each model, on the training split's own batches (batch 8, 256x256, bf16 autocast +
 channels_last, as the paper-scale run trains): the step's throughput eager and as a CUDA
@@ -22,6 +22,9 @@ from pathlib import Path
 
 import torch
 
+# gpu_check beside this file, and sgem from this checkout whatever the working directory and
+# PYTHONPATH (the GPU machine has it installed nowhere)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import _say, _steps  # noqa: E402
 
@@ -156,4 +159,8 @@ def _patch_interpolate_bf16() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as exc:   # a bad dataset or output path: the message, not a traceback
+        print(f"gpu_profile: error: {exc}", file=sys.stderr)
+        sys.exit(2)
