@@ -170,3 +170,23 @@ def test_tools_find_sgem_from_their_checkout_without_pythonpath(tool, tmp_path):
     assert "No module named" not in said, said[-2000:]
     assert "no known dataset layout" in said, said[-2000:]
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("compile_env, flag", [("1", "--compile"), ("0", "--no-compile"), (None, "--no-compile")])
+def test_job_passes_compile_to_the_trainer_only_when_asked(compile_env, flag, tmp_path):
+    """COMPILE=1 reaches `sgem train` as --compile; otherwise the job says --no-compile, so a
+    params file's setting never turns it on unnoticed. A stand-in python records the calls."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "COMPILE"}
+    env.update({"DEVICE": "cpu", "PYTHON": str(fake), "MODEL": "unet"})
+    if compile_env is not None:
+        env["COMPILE"] = compile_env
+    (tmp_path / "run").mkdir()
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "job", "data", str(tmp_path / "run"), "3", "0", "1", "0"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    train = next(line for line in calls.read_text().splitlines() if line.startswith("-m sgem train"))
+    assert f" {flag} " in f" {train} " and "--cuda-graph" in train.split(), train

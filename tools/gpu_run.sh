@@ -20,7 +20,9 @@
 #
 # Environment: MODEL (default sgem_unet; `unet` for the ablation), EPOCHS (a fixed number
 # of epochs instead of the plan's, e.g. to match an earlier run's schedule exactly; the
-# trainer then gets no hard stop), SEED (default: params.yaml's), BENCH=0 (skip the speed bench).
+# trainer then gets no hard stop), SEED (default: params.yaml's), BENCH=0 (skip the speed bench),
+# COMPILE=1 (torch.compile the forward under the graph capture: 744 against 644 images/s for
+# sgem_unet on an H200, ~30 s of compilation; docs/gpu.md).
 #
 # Without $OUT (a GPU box of your own) the results stay in RUN/final.
 set -uo pipefail
@@ -66,7 +68,8 @@ start)
     if [ -n "${EPOCHS:-}" ]; then epochs=$EPOCHS; minutes=0; fi
     [ "${BENCH:-1}" = 0 ] && bench=0
     echo "{\"epochs\": $epochs, \"stop_after_minutes\": $minutes, \"cuda_graph\": $graph, \"bench\": $bench," \
-         "\"deadline_s\": $deadline, \"model\": \"$MODEL\", \"seed\": ${SEED:-null}, \"epochs_fixed\": ${EPOCHS:-null}}" > "$run/final/plan.json"
+         "\"deadline_s\": $deadline, \"model\": \"$MODEL\", \"seed\": ${SEED:-null}, \"epochs_fixed\": ${EPOCHS:-null}," \
+         "\"compile\": $([ "${COMPILE:-0}" = 1 ] && echo true || echo false)}" > "$run/final/plan.json"
     say "plan: $(cat "$run/final/plan.json")"
     setsid nohup bash tools/gpu_run.sh job "$data" "$run" "$epochs" "$minutes" "$graph" "$bench" \
         > "$run/job.log" 2>&1 < /dev/null &
@@ -94,9 +97,10 @@ job)
     data=$1; run=$2; epochs=$3; minutes=$4; graph=$5; bench=$6
     stop=(); [ "$minutes" != 0 ] && stop=(--stop-after-minutes "$minutes")
     gflag=--no-cuda-graph; [ "$graph" = 1 ] && gflag=--cuda-graph
-    say "train: $epochs epochs, $gflag ${stop[*]}"
+    cflag=--no-compile; [ "${COMPILE:-0}" = 1 ] && cflag=--compile
+    say "train: $epochs epochs, $gflag $cflag ${stop[*]}"
     $PY -m sgem train --params params.yaml --params-key train --data "$data" --out "$run/train" \
-        --model "$MODEL" ${SEED:+--seed "$SEED"} --epochs "$epochs" $gflag --no-progress --no-dvclive --device "$DEVICE" "${stop[@]}"
+        --model "$MODEL" ${SEED:+--seed "$SEED"} --epochs "$epochs" $gflag $cflag --no-progress --no-dvclive --device "$DEVICE" "${stop[@]}"
     say "train exited with $?"
     for prec in fp16 fp32; do
         extra=(); [ $prec = fp32 ] && extra=(--fp32)
