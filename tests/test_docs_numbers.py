@@ -46,6 +46,23 @@ def test_readme_and_report_quote_the_gpu_ablation():
     _check(_row(report, "| `sgem_unet` (`metrics.json`)"), s)
 
 
+def test_readme_and_report_quote_the_gpu_ablations_second_seed():
+    s = json.loads((GPU / "metrics.json").read_text())
+    m0 = json.loads((GPU / "unet" / "metrics.json").read_text())
+    m1 = json.loads((GPU / "unet_s1" / "metrics.json").read_text())
+    assert m1["checkpoint"]["epoch"] == 522 and m1["split"] == "test" and m1["counts"]["images"] == 664
+    report = (GPU / "README.md").read_text()
+    _check(_row(README, "522-epoch protocol, seed 1"), m1)
+    _check(_row(report, "| `unet`, seed 1 (`unet_s1/metrics.json`"), m1)
+    mean = {k: (m0[k] + m1[k]) / 2 for k in ("iou", "niou", "f1", "pd", "fa")}
+    _check(_row(report, "| `unet`, mean of seeds 0 and 1 |"), mean)
+    gain = f"{100 * (s['iou'] - mean['iou']):.2f}"
+    for text in (README, report):
+        assert f"{gain} against the U-Net's mean" in " ".join(text.split())
+    spread = f"{100 * abs(m0['iou'] - m1['iou']):.2f}"
+    assert f"range is {spread}" in " ".join(README.split())
+
+
 def test_model_card_rows_come_from_their_evaluations():
     card = (REPO / "sgem" / "weights" / "MODEL_CARD.md").read_text()
     for marker, source in (("fp32 training weights, fp32 on a CPU", "metrics.json"),
