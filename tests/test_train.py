@@ -306,6 +306,32 @@ def test_time_budget_stops_a_call_at_an_epoch_boundary(tiny_data, tmp_path):
     assert not summary["complete"] and 1 <= done < 50 and summary["epochs_done"] == done
 
 
+def test_time_budget_is_not_spent_on_the_first_epochs_warm_up(tiny_data, tmp_path, monkeypatch):
+    """A call's first epoch holds compilation and graph capture: once a second epoch is timed,
+    the budget's estimate of one more epoch is the steady one, not the slow first."""
+    from sgem.train import Trainer
+
+    real = Trainer.train_one_epoch
+    calls = []
+
+    def slow_first(self):
+        row = real(self)
+        calls.append(row["epoch"])
+        if len(calls) == 1:   # the warm-up: 1.5 s more
+            time.sleep(1.5)
+            row["train/seconds"] += 1.5
+        return row
+
+    monkeypatch.setattr(Trainer, "train_one_epoch", slow_first)
+    cfg = tiny_cfg(tiny_data, tmp_path, epochs=10_000, checkpoint_every=10_000, deterministic=False)
+    train(cfg, stop_after_seconds=4.0)
+    history = load_checkpoint(tmp_path / CHECKPOINT_NAME)["history"]
+    spent = sum(r["train/seconds"] for r in history)
+    steady = max(r["train/seconds"] for r in history[1:])
+    # with the first epoch as the estimate, the call would end once 4.0 - 1.5 s had passed
+    assert steady < 0.4 and spent > 4.0 - 1.5 + steady, (spent, steady, len(history))
+
+
 @pytest.mark.parametrize("change", [dict(precision="bf16"), dict(channels_last=True), dict(cuda_graph=True),
                                     pytest.param(dict(compile=True), marks=pytest.mark.slow)])
 def test_step_settings_resume_instead_of_restarting(tiny_data, tmp_path, change):
