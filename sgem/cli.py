@@ -385,6 +385,19 @@ def _cmd_import_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_split(args: argparse.Namespace) -> int:
+    from .io import split_into_parts
+
+    if not args.part_mb > 0:
+        raise ValueError(f"--part-mb must be > 0, got {args.part_mb}")
+    if not Path(args.file).is_file():
+        raise ValueError(f"{args.file}: no such file to split")
+    manifest = split_into_parts(args.file, int(args.part_mb * 2**20))
+    print(json.dumps({"file": args.file, "parts_manifest": str(manifest),
+                      "parts": len(json.loads(manifest.read_text())["parts"])}, indent=2))
+    return 0
+
+
 def _cmd_join(args: argparse.Namespace) -> int:
     from .io import join_parts
 
@@ -576,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-kwargs", default=None, help="JSON object of sgem model arguments (default: none)")
     p.add_argument("--toolbox", default="", help="where the weights come from (recorded)")
     p.set_defaults(func=_cmd_import_checkpoint)
+
+    p = sub.add_parser("split", help="split any file (a full training checkpoint, say) into verified parts; "
+                                     "`sgem join` rebuilds it")
+    p.add_argument("file")
+    p.add_argument("--part-mb", type=float, required=True, help="largest part, in MiB")
+    p.set_defaults(func=_cmd_split)
 
     p = sub.add_parser("join", help="rebuild a file from its parts and verify it (see export --part-mb)")
     p.add_argument("manifest", help="the .parts.json manifest (parts beside it)")

@@ -62,3 +62,21 @@ def test_join_cli_refuses_a_file_that_is_not_a_manifest(tmp_path, capsys):
     bad.write_text("{}")
     assert main(["join", str(bad)]) == 2
     assert "not a parts manifest" in capsys.readouterr().err
+
+
+def test_split_cli_parts_any_file_for_join(tmp_path, capsys):
+    import json
+
+    from sgem.cli import main
+
+    src = tmp_path / "checkpoint.pt"
+    src.write_bytes(bytes(range(256)) * 9000)          # 2.2 MiB
+    assert main(["split", str(src), "--part-mb", "1"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["parts"] == 3 and said["parts_manifest"].endswith("checkpoint.pt.parts.json")
+    assert main(["join", said["parts_manifest"], "--out", str(tmp_path / "back.pt")]) == 0
+    assert (tmp_path / "back.pt").read_bytes() == src.read_bytes()
+    assert main(["split", str(tmp_path / "none.pt"), "--part-mb", "1"]) == 2
+    assert "none.pt: no such file to split" in capsys.readouterr().err
+    assert main(["split", str(src), "--part-mb", "0"]) == 2
+    assert "--part-mb must be > 0, got 0.0" in capsys.readouterr().err
