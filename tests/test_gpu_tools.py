@@ -190,3 +190,115 @@ def test_job_passes_compile_to_the_trainer_only_when_asked(compile_env, flag, tm
     assert r.returncode == 0, r.stdout + r.stderr
     train = next(line for line in calls.read_text().splitlines() if line.startswith("-m sgem train"))
     assert f" {flag} " in f" {train} " and "--cuda-graph" in train.split(), train
+
+
+def test_chunk_plan_keeps_the_schedule_and_stops_before_the_deadline():
+    gp = _tool("gpu_plan")
+    measured = {"images_per_s": 643.87, "train_images": 663, "cuda_graph": True}
+    epochs, minutes, graph, bench = gp.plan_chunk(measured, 780, 45, 1500)
+    assert (epochs, graph, bench) == (1500, 1, 0)               # the schedule is not shortened
+    assert minutes == round((780 - 45 - gp.FIXED_S - gp.SPLIT_S) / 60, 2)
+    assert gp.plan_chunk(measured, 0, 45, 1500) is None          # a chunk needs a deadline
+    assert gp.plan_chunk(measured, 45 + gp.FIXED_S + gp.SPLIT_S + 1, 45, 1500) is None   # holds no epochs
+    r = subprocess.run([sys.executable, "tools/gpu_plan.py", "/dev/stdin", "780", "45", "--chunk", "1500"], cwd=REPO,
+                       input=json.dumps(measured), capture_output=True, text=True, check=True)
+    assert r.stdout.split() == ["1500", str(minutes), "1", "0"]
+
+
+def _fake_python(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in python for gpu_run.sh's job: records each call; `-c` runs on the real one."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    return fake, calls
+
+
+@pytest.mark.parametrize("complete", [False, True])
+def test_chunk_job_splits_an_unfinished_runs_checkpoint_and_exports_a_finished_one(complete, tmp_path):
+    fake, calls = _fake_python(tmp_path)
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    (run / "train" / "train_summary.json").write_text(json.dumps({"complete": complete}))
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": str(fake), "CHUNK": "1"}
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "job", "data", str(run), "1500", "11.5", "1", "0"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and (run / "DONE").exists(), r.stdout + r.stderr
+    said = calls.read_text().splitlines()
+    train = next(c for c in said if c.startswith("-m sgem train"))
+    assert "--epochs 1500" in train and "--stop-after-minutes 11.5" in train
+    splits = [c for c in said if c.startswith("-m sgem split")]
+    exports = [c for c in said if c.startswith("-m sgem export")]
+    if complete:
+        assert not splits and len(exports) == 2
+    else:
+        assert splits == [f"-m sgem split {run}/train/checkpoint.pt --part-mb 15"] and not exports
+
+
+def test_collect_checkpoint_returns_the_parts_in_groups_under_the_limits(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    (run / "train").mkdir(parents=True)
+    out.mkdir()
+    env = {**os.environ, "OUT": str(out)}
+    cmd = ["bash", "tools/gpu_run.sh", "collect-checkpoint", str(run)]
+    (run / "train" / "checkpoint.pt.parts.json").write_text("{}")
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "collect first" in r.stdout           # the job has not finished
+    (run / "DONE").touch()
+    for i in range(7):
+        (run / "train" / f"checkpoint.pt.part{i:02d}").write_bytes(b"x")
+    subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True)
+    first = sorted(p.name for p in out.iterdir())
+    assert first == sorted(["checkpoint.pt.parts.json"] + [f"checkpoint.pt.part{i:02d}" for i in range(4)])
+    for p in out.iterdir():
+        p.unlink()
+    r = subprocess.run(cmd + ["4"], cwd=REPO, env=env, check=True, capture_output=True, text=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(["checkpoint.pt.parts.json"] +
+                                                          [f"checkpoint.pt.part{i:02d}" for i in range(4, 7)])
+    assert "copied 3 of the checkpoint's 7 parts (from part 4)" in r.stdout
+
+
+def test_start_with_a_missing_resume_checkpoint_stops_before_the_check(tmp_path):
+    fake, calls = _fake_python(tmp_path)
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "CHUNK": "1",
+           "RESUME": str(tmp_path / "nothing.parts.json")}
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "start", "data", str(tmp_path / "run"), "600", "5"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "RESUME: no verified checkpoint" in r.stdout, r.stdout + r.stderr
+    assert "nothing.parts.json" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run" / "check.json").exists()
+    env.pop("RESUME")
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "start", "data", str(tmp_path / "run"), "0", "5"], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "CHUNK=1 needs DEADLINE_S" in r.stdout
+
+
+@pytest.mark.slow   # three epochs of unet at 256x256 on a CPU
+def test_a_run_split_over_two_windows_continues_from_the_carried_checkpoint(tmp_path):
+    """Window 1 trains a chunk and leaves its checkpoint in parts; they come back in groups,
+    are joined and verified at the next window's start, and the run completes from there."""
+    data = tmp_path / "data"
+    subprocess.run([sys.executable, "-m", "sgem", "make-synthetic", str(data), "--n", "16", "--size", "64"],
+                   cwd=REPO, check=True, capture_output=True)
+    base = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "MODEL": "unet", "CHUNK": "1"}
+    run1, back = tmp_path / "w1", tmp_path / "back"
+    back.mkdir()
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "job", str(data), str(run1), "3", "0.001", "0", "0"], cwd=REPO,
+                       env=base, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads((run1 / "train" / "train_summary.json").read_text())["epochs_done"] == 1
+    for first in (0, 4):
+        subprocess.run(["bash", "tools/gpu_run.sh", "collect-checkpoint", str(run1), str(first)], cwd=REPO,
+                       env={**base, "OUT": str(back)}, check=True, capture_output=True)
+    assert not list((run1 / "final").glob("*.pt*"))                  # no exports of an unfinished run
+    run2 = tmp_path / "w2"
+    (run2 / "train").mkdir(parents=True)
+    subprocess.run([sys.executable, "-m", "sgem", "join", str(back / "checkpoint.pt.parts.json"), "--out",
+                    str(run2 / "train" / "checkpoint.pt")], cwd=REPO, check=True, capture_output=True)
+    r = subprocess.run(["bash", "tools/gpu_run.sh", "job", str(data), str(run2), "3", "0", "0", "0"], cwd=REPO,
+                       env=base, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((run2 / "train" / "train_summary.json").read_text())
+    history = json.loads((run2 / "train" / "history.json").read_text())
+    assert summary["complete"] and [h["epoch"] for h in history] == [1, 2, 3]
+    assert (run2 / "final" / "unet_fp16.pt").exists() and not list((run2 / "train").glob("checkpoint.pt.part*"))

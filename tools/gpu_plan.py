@@ -1,6 +1,7 @@
 """How many epochs a GPU window can hold (tools/gpu_run.sh, docs/gpu.md).
 
     python3 tools/gpu_plan.py CHECK_JSON DEADLINE_S SPENT_S  ->  "EPOCHS MINUTES CUDA_GRAPH BENCH"
+    python3 tools/gpu_plan.py CHECK_JSON DEADLINE_S SPENT_S --chunk EPOCHS   (one window of a longer run)
 
 ``DEADLINE_S`` (0: none) is when, in seconds from the start of the command, everything
 must be done; ``SPENT_S`` what the check already used. The paper's 1500 epochs are kept
@@ -8,6 +9,11 @@ when they fit at the measured speed; otherwise the epochs that fit, as a complet
 schedule over fewer epochs (never a 1500-epoch schedule cut short). The speed bench
 (``BENCH_S``) runs after training when it fits beside 1500 epochs, and always when the
 run is shortened anyway. ``MINUTES`` is the trainer's hard stop (0: none).
+
+``--chunk EPOCHS``: the window holds one chunk of a run of EPOCHS epochs that continues in
+later windows from its checkpoint (docs/gpu.md): the schedule stays EPOCHS long, the
+trainer stops in time for the checkpoint to be split into parts before the deadline, and
+no speed bench runs.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ PAPER_EPOCHS = 1500
 BENCH_S = 55.0       # sgem bench of three models in six modes at batch 1
 FIXED_S = 35.0       # launching the job, the final evaluation, exports and packing
 EFFICIENCY = 0.93    # share of an epoch spent in training steps (evaluation, checkpoints: the rest)
+SPLIT_S = 15.0       # a chunk's end: the checkpoint (~99 MiB) saved and split into parts
 
 
 def plan(check: dict, deadline_s: float, spent_s: float) -> tuple[int, float, int, int] | None:
@@ -37,6 +44,23 @@ def plan(check: dict, deadline_s: float, spent_s: float) -> tuple[int, float, in
     return fit, round(max(left - BENCH_S, epoch_s) / 60, 2), graph, 1
 
 
+def plan_chunk(check: dict, deadline_s: float, spent_s: float, epochs: int) -> tuple[int, float, int, int] | None:
+    """One window's share of a run of ``epochs`` epochs: (epochs, minutes, graph, 0), or None
+    when the check measured no step or the window cannot hold two epochs."""
+    ips = check.get("images_per_s")
+    if not ips or deadline_s <= 0:
+        return None
+    epoch_s = check.get("train_images", 663) / ips / EFFICIENCY
+    left = deadline_s - spent_s - FIXED_S - SPLIT_S
+    if left < 2 * epoch_s:
+        return None
+    return epochs, round(left / 60, 2), int(bool(check.get("cuda_graph"))), 0
+
+
 if __name__ == "__main__":
-    result = plan(json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3]))
+    check_json, deadline, spent = json.load(open(sys.argv[1])), float(sys.argv[2]), float(sys.argv[3])
+    if sys.argv[4:5] == ["--chunk"]:
+        result = plan_chunk(check_json, deadline, spent, int(sys.argv[5]))
+    else:
+        result = plan(check_json, deadline, spent)
     print("FAIL - - -" if result is None else " ".join(map(str, result)))

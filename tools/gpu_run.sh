@@ -16,13 +16,22 @@
 #       wait (at most WAIT_S seconds, default 540) for the job to finish, then copy the
 #       results to $OUT: job.log, results.tar.gz (check, history, summary, bench, part
 #       manifests) and the weights in parts of at most 15 MiB (`sgem join` rebuilds them).
+#   tools/gpu_run.sh collect-checkpoint RUN [FIRST [COUNT]]
+#       after a chunk (CHUNK=1) that left the run unfinished: copy COUNT (default 4) parts of
+#       its full checkpoint from part FIRST (default 0), and their manifest, to $OUT; parts of
+#       15 MiB, 4 per command, so that each command's files stay under 64 MiB.
 #   tools/gpu_run.sh job ...   (internal: what `start` runs detached)
 #
 # Environment: MODEL (default sgem_unet; `unet` for the ablation), EPOCHS (a fixed number
 # of epochs instead of the plan's, e.g. to match an earlier run's schedule exactly; the
 # trainer then gets no hard stop), SEED (default: params.yaml's), BENCH=0 (skip the speed bench),
 # COMPILE=1 (torch.compile the forward under the graph capture: 744 against 644 images/s for
-# sgem_unet on an H200, ~30 s of compilation; docs/gpu.md).
+# sgem_unet on an H200, ~30 s of compilation; docs/gpu.md), CHUNK=1 (this window trains one
+# chunk of a run longer than the window: EPOCHS, default 1500, stay the schedule, the
+# trainer stops before DEADLINE_S, which is then required, and an unfinished run's full
+# checkpoint is split into parts for `collect-checkpoint`), RESUME=MANIFEST (the parts
+# manifest of the checkpoint an earlier chunk left: joined and verified into RUN/train
+# before anything else, so that the run continues from it).
 #
 # Without $OUT (a GPU box of your own) the results stay in RUN/final.
 set -uo pipefail
@@ -39,7 +48,8 @@ copy_out() {  # copy what exists to $OUT (never fails the command)
     [ -n "${OUT:-}" ] || return 0
     cp -f "$run/job.log" "$OUT/" 2>/dev/null
     local files=()
-    for f in check.json check.log train/history.json train/train_summary.json final/bench_cuda.json \
+    for f in check.json check.log train/history.json train/train_summary.json train/checkpoint.pt.parts.json \
+             final/bench_cuda.json \
              final/bench_cuda.md final/${MODEL}_fp16.pt.parts.json final/${MODEL}_fp32.pt.parts.json \
              final/nvidia-smi.txt final/plan.json; do
         [ -f "$run/$f" ] && files+=("$f")
@@ -51,25 +61,34 @@ copy_out() {  # copy what exists to $OUT (never fails the command)
     return 0
 }
 
-cmd=${1:?usage: tools/gpu_run.sh start DATA RUN [DEADLINE_S [RETURN_S]] | collect RUN [WAIT_S]}
+cmd=${1:?usage: tools/gpu_run.sh start DATA RUN [DEADLINE_S [RETURN_S]] | collect RUN [WAIT_S] | collect-checkpoint RUN [FIRST [COUNT]]}
 shift
 case "$cmd" in
 start)
     data=${1:?dataset root}; run=${2:?run directory}; deadline=${3:-0}; ret=${4:-540}
     t0=$(date +%s)
     mkdir -p "$run/final"
+    if [ "${CHUNK:-0}" = 1 ] && [ "$deadline" -le 0 ]; then
+        say "CHUNK=1 needs DEADLINE_S (when this window's share must be done)"; exit 2
+    fi
+    if [ -n "${RESUME:-}" ]; then   # first, so that missing or damaged parts stop the command at once
+        mkdir -p "$run/train"
+        $PY -m sgem join "$RESUME" --out "$run/train/checkpoint.pt" || { say "RESUME: no verified checkpoint: stopping"; exit 1; }
+    fi
     nvidia-smi > "$run/final/nvidia-smi.txt" 2>&1
     say "smoke check and throughput probe"
     $PY -u tools/gpu_check.py "$data" "$run/check.json" --model "$MODEL" --device "$DEVICE" --probe-steps "${PROBE_STEPS:-40}" 2>&1 | tee "$run/check.log"
     [ -f "$run/check.json" ] || { say "check wrote nothing: stopping"; copy_out "$run"; exit 1; }
-    plan=$($PY tools/gpu_plan.py "$run/check.json" "$deadline" "$(( $(date +%s) - t0 ))")
+    chunk=(); [ "${CHUNK:-0}" = 1 ] && chunk=(--chunk "${EPOCHS:-1500}")
+    plan=$($PY tools/gpu_plan.py "$run/check.json" "$deadline" "$(( $(date +%s) - t0 ))" "${chunk[@]}")
     read -r epochs minutes graph bench <<< "$plan"
-    if [ "$epochs" = FAIL ]; then say "the check measured no usable step: stopping"; copy_out "$run"; exit 1; fi
-    if [ -n "${EPOCHS:-}" ]; then epochs=$EPOCHS; minutes=0; fi
+    if [ "$epochs" = FAIL ]; then say "the check measured no usable step, or the window holds no chunk: stopping"; copy_out "$run"; exit 1; fi
+    if [ -n "${EPOCHS:-}" ] && [ "${CHUNK:-0}" != 1 ]; then epochs=$EPOCHS; minutes=0; fi
     [ "${BENCH:-1}" = 0 ] && bench=0
     echo "{\"epochs\": $epochs, \"stop_after_minutes\": $minutes, \"cuda_graph\": $graph, \"bench\": $bench," \
          "\"deadline_s\": $deadline, \"model\": \"$MODEL\", \"seed\": ${SEED:-null}, \"epochs_fixed\": ${EPOCHS:-null}," \
-         "\"compile\": $([ "${COMPILE:-0}" = 1 ] && echo true || echo false)}" > "$run/final/plan.json"
+         "\"compile\": $([ "${COMPILE:-0}" = 1 ] && echo true || echo false)," \
+         "\"chunk\": $([ "${CHUNK:-0}" = 1 ] && echo true || echo false), \"resume\": \"${RESUME:-}\"}" > "$run/final/plan.json"
     say "plan: $(cat "$run/final/plan.json")"
     setsid nohup bash tools/gpu_run.sh job "$data" "$run" "$epochs" "$minutes" "$graph" "$bench" \
         > "$run/job.log" 2>&1 < /dev/null &
@@ -93,6 +112,21 @@ collect)
     tail -n 25 "$run/job.log"
     copy_out "$run"
     ;;
+collect-checkpoint)
+    run=${1:?run directory}; first=${2:-0}; count=${3:-4}
+    manifest="$run/train/checkpoint.pt.parts.json"
+    [ -f "$run/DONE" ] || { say "the job has not finished: collect first"; exit 1; }
+    [ -f "$manifest" ] || { say "no $manifest: the run is complete, or this was not a chunk"; exit 1; }
+    [ -n "${OUT:-}" ] || { say "no \$OUT: the parts are in $run/train"; exit 0; }
+    cp -f "$manifest" "$OUT/"
+    n=0
+    for i in $(seq "$first" $(( first + count - 1 ))); do
+        p=$(printf '%s/train/checkpoint.pt.part%02d' "$run" "$i")
+        [ -f "$p" ] && cp -f "$p" "$OUT/" && n=$(( n + 1 ))
+    done
+    total=$(ls "$run"/train/checkpoint.pt.part?? | wc -l)
+    say "copied $n of the checkpoint's $total parts (from part $first) and the manifest"
+    ;;
 job)
     data=$1; run=$2; epochs=$3; minutes=$4; graph=$5; bench=$6
     stop=(); [ "$minutes" != 0 ] && stop=(--stop-after-minutes "$minutes")
@@ -102,6 +136,15 @@ job)
     $PY -m sgem train --params params.yaml --params-key train --data "$data" --out "$run/train" \
         --model "$MODEL" ${SEED:+--seed "$SEED"} --epochs "$epochs" $gflag $cflag --no-progress --no-dvclive --device "$DEVICE" "${stop[@]}"
     say "train exited with $?"
+    if [ "${CHUNK:-0}" = 1 ] && ! $PY -c "import json, sys; sys.exit(not json.load(open(sys.argv[1]))['complete'])" \
+            "$run/train/train_summary.json"; then
+        say "chunk done, the run continues in a later window: its checkpoint in parts (collect-checkpoint)"
+        rm -f "$run"/train/checkpoint.pt.part?? "$run/train/checkpoint.pt.parts.json"
+        $PY -m sgem split "$run/train/checkpoint.pt" --part-mb 15
+        say "job done"
+        touch "$run/DONE"
+        exit 0
+    fi
     for prec in fp16 fp32; do
         extra=(); [ $prec = fp32 ] && extra=(--fp32)
         $PY -m sgem export --checkpoint "$run/train/checkpoint.pt" --out "$run/final/${MODEL}_$prec.pt" \
@@ -117,5 +160,5 @@ job)
     touch "$run/DONE"
     ;;
 *)
-    echo "unknown command $cmd (start | collect | job)" >&2; exit 2 ;;
+    echo "unknown command $cmd (start | collect | collect-checkpoint | job)" >&2; exit 2 ;;
 esac
