@@ -268,9 +268,11 @@ def test_start_with_a_missing_resume_checkpoint_stops_before_the_check(tmp_path)
     assert "nothing.parts.json" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run" / "check.json").exists()
     env.pop("RESUME")
+    (tmp_path / "run" / "DONE").touch()      # an earlier chunk's mark on the same machine
     r = subprocess.run(["bash", "tools/gpu_run.sh", "start", "data", str(tmp_path / "run"), "0", "5"], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "CHUNK=1 needs DEADLINE_S" in r.stdout
+    assert not (tmp_path / "run" / "DONE").exists()     # else `start` and `collect` would not wait
 
 
 @pytest.mark.slow   # three epochs of unet at 256x256 on a CPU

@@ -68,6 +68,7 @@ start)
     data=${1:?dataset root}; run=${2:?run directory}; deadline=${3:-0}; ret=${4:-540}
     t0=$(date +%s)
     mkdir -p "$run/final"
+    rm -f "$run/DONE"   # a finished chunk's mark, where the same machine starts the next one
     if [ "${CHUNK:-0}" = 1 ] && [ "$deadline" -le 0 ]; then
         say "CHUNK=1 needs DEADLINE_S (when this window's share must be done)"; exit 2
     fi
