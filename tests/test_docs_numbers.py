@@ -355,3 +355,12 @@ def test_cpu_profile_timing_on_the_epyc_comes_from_its_measurement():
     for doc in ("docs/training.md", "reports/cpu/README.md"):
         text = " ".join((REPO / doc).read_text().split())
         assert quote in text and f"~{minutes:.0f} minutes" in text.replace("**", ""), doc
+
+
+def test_cpu_reports_quote_the_third_seed_from_its_history():
+    runs = REPO / "reports" / "cpu_pilots" / "S_official"
+    iou = [json.loads((runs / f"sgem_unet_s{s}_history.json").read_text())[-1]["test/iou"] for s in (0, 1, 2)]
+    mean, spread = pct(sum(iou) / 3), pct(max(iou) - min(iou))
+    for path in (CPU / "README.md", REPO / "reports" / "cpu_pilots" / "README.md"):
+        text = " ".join(path.read_text().split())
+        assert pct(iou[2]) in text and f"{mean}, range {spread}" in text, path
