@@ -172,14 +172,20 @@ def test_tools_find_sgem_from_their_checkout_without_pythonpath(tool, tmp_path):
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
 
 
+def _fake_python(tmp_path: Path) -> tuple[Path, Path]:
+    """A stand-in python for gpu_run.sh's job: records each call; `-c` runs on the real one."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "python"
+    fake.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    return fake, calls
+
+
 @pytest.mark.parametrize("compile_env, flag", [("1", "--compile"), ("0", "--no-compile"), (None, "--no-compile")])
 def test_job_passes_compile_to_the_trainer_only_when_asked(compile_env, flag, tmp_path):
     """COMPILE=1 reaches `sgem train` as --compile; otherwise the job says --no-compile, so a
     params file's setting never turns it on unnoticed. A stand-in python records the calls."""
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
-    fake.chmod(0o755)
+    fake, calls = _fake_python(tmp_path)
     env = {k: v for k, v in os.environ.items() if k != "COMPILE"}
     env.update({"DEVICE": "cpu", "PYTHON": str(fake), "MODEL": "unet"})
     if compile_env is not None:
@@ -203,15 +209,6 @@ def test_chunk_plan_keeps_the_schedule_and_stops_before_the_deadline():
     r = subprocess.run([sys.executable, "tools/gpu_plan.py", "/dev/stdin", "780", "45", "--chunk", "1500"], cwd=REPO,
                        input=json.dumps(measured), capture_output=True, text=True, check=True)
     assert r.stdout.split() == ["1500", str(minutes), "1", "0"]
-
-
-def _fake_python(tmp_path: Path) -> tuple[Path, Path]:
-    """A stand-in python for gpu_run.sh's job: records each call; `-c` runs on the real one."""
-    calls = tmp_path / "calls.txt"
-    fake = tmp_path / "python"
-    fake.write_text(f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "$*" >> {calls}\n')
-    fake.chmod(0o755)
-    return fake, calls
 
 
 @pytest.mark.parametrize("complete", [False, True])
@@ -259,7 +256,6 @@ def test_collect_checkpoint_returns_the_parts_in_groups_under_the_limits(tmp_pat
 
 
 def test_start_with_a_missing_resume_checkpoint_stops_before_the_check(tmp_path):
-    fake, calls = _fake_python(tmp_path)
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "CHUNK": "1",
            "RESUME": str(tmp_path / "nothing.parts.json")}
     r = subprocess.run(["bash", "tools/gpu_run.sh", "start", "data", str(tmp_path / "run"), "600", "5"], cwd=REPO,

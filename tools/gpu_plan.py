@@ -29,11 +29,16 @@ EFFICIENCY = 0.93    # share of an epoch spent in training steps (evaluation, ch
 SPLIT_S = 15.0       # a chunk's end: the checkpoint (~99 MiB) saved and split into parts
 
 
-def plan(check: dict, deadline_s: float, spent_s: float) -> tuple[int, float, int, int] | None:
+def _epoch_s(check: dict) -> float | None:
+    """Seconds per epoch at the check's measured speed, or None when it measured no step."""
     ips = check.get("images_per_s")
-    if not ips:
+    return check.get("train_images", 663) / ips / EFFICIENCY if ips else None
+
+
+def plan(check: dict, deadline_s: float, spent_s: float) -> tuple[int, float, int, int] | None:
+    epoch_s = _epoch_s(check)
+    if epoch_s is None:
         return None
-    epoch_s = check.get("train_images", 663) / ips / EFFICIENCY
     graph = int(bool(check.get("cuda_graph")))
     if deadline_s <= 0:
         return PAPER_EPOCHS, 0.0, graph, 1
@@ -47,10 +52,9 @@ def plan(check: dict, deadline_s: float, spent_s: float) -> tuple[int, float, in
 def plan_chunk(check: dict, deadline_s: float, spent_s: float, epochs: int) -> tuple[int, float, int, int] | None:
     """One window's share of a run of ``epochs`` epochs: (epochs, minutes, graph, 0), or None
     when the check measured no step or the window cannot hold two epochs."""
-    ips = check.get("images_per_s")
-    if not ips or deadline_s <= 0:
+    epoch_s = _epoch_s(check)
+    if epoch_s is None or deadline_s <= 0:
         return None
-    epoch_s = check.get("train_images", 663) / ips / EFFICIENCY
     left = deadline_s - spent_s - FIXED_S - SPLIT_S
     if left < 2 * epoch_s:
         return None

@@ -22,9 +22,7 @@ from pathlib import Path
 
 import torch
 
-# gpu_check beside this file, and sgem from this checkout whatever the working directory and
-# PYTHONPATH (the GPU machine has it installed nowhere)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# gpu_check beside this file (importing it puts this checkout's sgem on the path too)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_check import _say, _steps  # noqa: E402
 
